@@ -1,0 +1,1 @@
+"""The serving side: the inference server, targets, rollout strategies, the event bridge."""

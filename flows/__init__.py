@@ -1,0 +1,1 @@
+"""One module per lifecycle stage; a flow only wires tasks."""

@@ -1,0 +1,127 @@
+"""The ``modelyard`` command: the user's handle on the stack, the ledger and the lifecycle."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelyard.ledger import ledger_from_settings
+from modelyard.settings import get_settings
+from modelyard.stack import Stack, StackError
+
+app = typer.Typer(help="modelyard: build, validate, evaluate, deploy, monitor and retrain models.", no_args_is_help=True)
+stack_app = typer.Typer(help="Start, stop and inspect the embedded stack.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(audit_app, name="audit")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _stack() -> Stack:
+    return Stack(get_settings(), progress=lambda message: console.print(f"[dim]·[/dim] {message}"))
+
+
+def _print_status(rows) -> None:
+    table = Table(title="modelyard stack")
+    for column in ("component", "pid", "url", "health"):
+        table.add_column(column)
+    for row in rows:
+        colour = "green" if row.healthy else "red"
+        table.add_row(row.name, str(row.pid or "-"), row.url or "-", f"[{colour}]{row.detail}[/{colour}]")
+    console.print(table)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start the Prefect server, MLflow server, worker and deployments (harmless if running)."""
+    stack = _stack()
+    try:
+        rows = stack.up()
+    except StackError as error:
+        errors.print(f"[red]stack up failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    _print_status(rows)
+    console.print(f"Prefect UI: {stack.settings.prefect_ui_url}\nMLflow UI:  {stack.settings.mlflow_url}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop only what `stack up` started."""
+    stopped = _stack().down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Each component with its pid, URL and health; exit 1 if any is unhealthy."""
+    rows = _stack().status()
+    if as_json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        _print_status(rows)
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; name the first record that was edited, deleted, inserted or reordered."""
+    settings = get_settings()
+    result = ledger_from_settings(settings).verify()
+    if result.ok:
+        console.print(f"[green]ledger OK[/green]: {result.records} records verified ({settings.ledger_path})")
+        return
+    errors.print(f"[red]ledger BROKEN[/red] after {result.records} good records: {result.problem}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    subject: Annotated[str | None, typer.Option(help="Only records about this subject.")] = None,
+    limit: Annotated[int, typer.Option(help="Show the last N records.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
+) -> None:
+    """The ledger's records, newest last."""
+    records = ledger_from_settings(get_settings()).records(subject=subject)[-limit:]
+    if as_json:
+        for record in records:
+            print(json.dumps(record, sort_keys=True))
+        return
+    table = Table(title="audit ledger")
+    for column in ("seq", "time", "actor", "action", "subject", "details"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        table.add_row(str(r["seq"]), r["time"], r["actor"], r["action"], r["subject"], json.dumps(r["details"])[:120])
+    console.print(table)
+
+
+@app.command("demo")
+def demo() -> None:
+    """Bring the stack up and run the lifecycle on the demo data (for now: the smoke flow)."""
+    from modelyard.runs import flow_run_url, run_deployment_and_wait
+
+    stack = _stack()
+    try:
+        stack.up()
+    except StackError as error:
+        errors.print(f"[red]stack up failed:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print("running the smoke flow through the worker …")
+    flow_run = run_deployment_and_wait(stack.settings, "smoke/smoke")
+    state = flow_run.state.name if flow_run.state else "unknown"
+    console.print(f"smoke flow run '{flow_run.name}': {state}  {flow_run_url(stack.settings, flow_run)}")
+    verification = ledger_from_settings(stack.settings).verify()
+    console.print(f"audit ledger: {verification.records} records, {'verified' if verification.ok else verification.problem}")
+    console.print(f"\nPrefect UI: {stack.settings.prefect_ui_url}\nMLflow UI:  {stack.settings.mlflow_url}")
+    if not (flow_run.state and flow_run.state.is_completed()) or not verification.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

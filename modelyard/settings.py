@@ -1,0 +1,137 @@
+"""The one settings object of modelyard.
+
+Every URL, port, path, token and threshold is read here, from ``MODELYARD_*``
+environment variables or a ``.env`` file; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Where the stack lives, how to reach it, and the secrets it uses."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELYARD_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    project_dir: Path = Field(
+        PROJECT_DIR, description="The project holding prefect.yaml, flows/ and tasks/."
+    )
+    state_dir: Path = Field(
+        PROJECT_DIR / ".modelyard",
+        description="Databases, artifacts, logs, pid files and the audit ledger.",
+    )
+    host: str = Field("127.0.0.1", description="Address every server binds to.")
+    prefect_port: int = Field(4200, description="Prefect API and UI port.")
+    mlflow_port: int = Field(5000, description="MLflow tracking server and registry port.")
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "PostgreSQL server URL (postgresql://user:pass@host:port/db). When set, Prefect "
+            "and MLflow each get their own database on it: <db>_prefect and <db>_mlflow."
+        ),
+    )
+    work_pool: str = Field("local", description="The process work pool the worker serves.")
+    worker_query_seconds: float = Field(
+        2.0, description="How often the worker polls for scheduled runs."
+    )
+    startup_timeout_s: float = Field(
+        180.0, description="How long `stack up` waits for a component to become healthy."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for modelyard's inference and admin APIs."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC secret shared with MLflow registry webhooks."
+    )
+    ledger_key: SecretStr | None = Field(
+        None, description="HMAC key that signs the audit ledger's head checkpoint."
+    )
+
+    @cached_property
+    def prefect_api_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    @cached_property
+    def prefect_ui_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @cached_property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    @cached_property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "audit" / "ledger.jsonl"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @cached_property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    def postgres_url_for(self, component: str, driver: str) -> str:
+        """The URL of ``component``'s own database on the configured PostgreSQL server."""
+        if self.database_url is None:
+            raise ValueError("database_url is not set")
+        parts = urlsplit(self.database_url.get_secret_value())
+        base_db = parts.path.lstrip("/") or "modelyard"
+        return urlunsplit((driver, parts.netloc, f"/{base_db}_{component}", "", ""))
+
+    @cached_property
+    def prefect_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.postgres_url_for("prefect", "postgresql+asyncpg")
+        return f"sqlite+aiosqlite:///{self.state_dir / 'prefect' / 'prefect.db'}"
+
+    @cached_property
+    def mlflow_backend_uri(self) -> str:
+        if self.database_url is not None:
+            return self.postgres_url_for("mlflow", "postgresql")
+        return f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
+
+    @cached_property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.state_dir / "mlflow" / "artifacts"
+
+    def child_env(self) -> dict[str, str]:
+        """The MODELYARD_* variables that child processes need to see these same settings."""
+        env = {
+            "MODELYARD_PROJECT_DIR": str(self.project_dir),
+            "MODELYARD_STATE_DIR": str(self.state_dir),
+            "MODELYARD_HOST": self.host,
+            "MODELYARD_PREFECT_PORT": str(self.prefect_port),
+            "MODELYARD_MLFLOW_PORT": str(self.mlflow_port),
+            "MODELYARD_WORK_POOL": self.work_pool,
+        }
+        for name in ("database_url", "api_token", "webhook_secret", "ledger_key"):
+            value = getattr(self, name)
+            if value is not None:
+                env[f"MODELYARD_{name.upper()}"] = value.get_secret_value()
+        return env
+
+    def prefect_client_env(self) -> dict[str, str]:
+        """Variables that point a Prefect client (CLI, worker, flow) at this stack."""
+        return {
+            "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_HOME": str(self.state_dir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": str(self.worker_query_seconds),
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+        }
+
+
+def get_settings() -> Settings:
+    """Settings as the environment gives them now (a fresh read, so tests can vary them)."""
+    return Settings()

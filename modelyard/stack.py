@@ -1,0 +1,345 @@
+"""The embedded stack: Prefect server, MLflow server, a process worker and the deployments.
+
+``Stack.up`` starts what is not yet running (so a second ``up`` changes nothing), waits
+for each component to be healthy, and fails with the component's log path when one does
+not come up. ``Stack.down`` stops only the processes that ``up`` recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import yaml
+
+from modelyard.processes import ProcessRecord, ProcessTable, port_in_use
+from modelyard.settings import Settings
+
+PREFECT_SERVER = "prefect-server"
+MLFLOW_SERVER = "mlflow-server"
+PREFECT_WORKER = "prefect-worker"
+PROCESS_COMPONENTS = (PREFECT_WORKER, MLFLOW_SERVER, PREFECT_SERVER)  # stop order
+
+Progress = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """A component could not be started or reached; the message says which and where to look."""
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    url: str | None
+    healthy: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def _venv_bin(tool: str) -> str:
+    """The console script ``tool`` of the interpreter running modelyard."""
+    candidate = Path(sys.executable).parent / tool
+    return str(candidate) if candidate.exists() else tool
+
+
+class Stack:
+    """One embedded stack, described by ``settings`` and living under its state dir."""
+
+    def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.processes = ProcessTable(settings.run_dir, settings.logs_dir)
+        self._progress = progress or (lambda message: None)
+
+    # -- environment of the child processes -------------------------------------------------
+
+    def _base_env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
+        env.update(self.settings.child_env())
+        env.update(self.settings.prefect_client_env())
+        return env
+
+    def _prefect_server_env(self) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            {
+                "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.prefect_database_url,
+                "PREFECT_UI_API_URL": self.settings.prefect_api_url,
+                "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            }
+        )
+        return env
+
+    def _mlflow_env(self) -> dict[str, str]:
+        env = self._base_env()
+        env.update(
+            {
+                # Registry webhooks to the loopback bridge (never in production).
+                "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+                "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                # The job runner starts 7 extra processes we do not use on 2 cores.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            }
+        )
+        return env
+
+    # -- health ---------------------------------------------------------------------------
+
+    def prefect_healthy(self) -> bool:
+        try:
+            response = httpx.get(f"{self.settings.prefect_api_url}/health", timeout=2.0)
+            return response.status_code == 200 and response.json() is True
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def mlflow_healthy(self) -> bool:
+        try:
+            response = httpx.get(f"{self.settings.mlflow_url}/health", timeout=2.0)
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _client(self):
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(self.settings.prefect_api_url)
+
+    @property
+    def worker_name(self) -> str:
+        return f"modelyard-{self.settings.work_pool}"
+
+    def worker_online(self) -> bool:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            with self._client() as client:
+                workers = client.read_workers_for_work_pool(self.settings.work_pool)
+        except (ObjectNotFound, httpx.HTTPError):
+            return False
+        return any(w.name == self.worker_name and str(w.status.value) == "ONLINE" for w in workers)
+
+    # -- declared deployments ---------------------------------------------------------------
+
+    @property
+    def prefect_yaml(self) -> Path:
+        return self.settings.project_dir / "prefect.yaml"
+
+    def declared_deployments(self) -> list[str]:
+        """Deployment names declared in prefect.yaml."""
+        spec = yaml.safe_load(self.prefect_yaml.read_text()) or {}
+        return [deployment["name"] for deployment in spec.get("deployments") or []]
+
+    def registered_deployments(self) -> list[str]:
+        """Names of the deployments the Prefect server holds."""
+        try:
+            with self._client() as client:
+                return sorted(d.name for d in client.read_deployments())
+        except httpx.HTTPError:
+            return []
+
+    def _deployments_fingerprint(self) -> str:
+        spec = yaml.safe_load(self.prefect_yaml.read_text()) or {}
+        digest = hashlib.sha256(self.prefect_yaml.read_bytes())
+        for deployment in spec.get("deployments") or []:
+            path = self.settings.project_dir / deployment["entrypoint"].split(":")[0]
+            if path.exists():
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    # -- up ---------------------------------------------------------------------------------
+
+    def up(self) -> list[ComponentStatus]:
+        """Start whatever is not running, wait until all is healthy, register deployments."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.settings.state_dir / "prefect").mkdir(exist_ok=True)
+        self.settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.database_url is not None:
+            self._ensure_postgres_databases()
+
+        started = []
+        started.append(self._start_server(PREFECT_SERVER, self.settings.prefect_port, self._prefect_command(), self._prefect_server_env()))
+        started.append(self._start_server(MLFLOW_SERVER, self.settings.mlflow_port, self._mlflow_command(), self._mlflow_env()))
+        self._wait_healthy(PREFECT_SERVER, started[0], self.prefect_healthy)
+        self._wait_healthy(MLFLOW_SERVER, started[1], self.mlflow_healthy)
+
+        self._ensure_work_pool()
+        worker = None
+        if self.processes.alive(PREFECT_WORKER) is None:
+            self._progress(f"starting {PREFECT_WORKER} for pool '{self.settings.work_pool}'")
+            worker = self.processes.start(PREFECT_WORKER, self._worker_command(), self._base_env(), self.settings.project_dir)
+        self._wait_healthy(PREFECT_WORKER, worker, self.worker_online)
+        self._ensure_deployments()
+        return self.status()
+
+    def _prefect_command(self) -> list[str]:
+        return [
+            _venv_bin("prefect"), "server", "start",
+            "--host", self.settings.host, "--port", str(self.settings.prefect_port),
+        ]
+
+    def _mlflow_command(self) -> list[str]:
+        return [
+            _venv_bin("mlflow"), "server",
+            "--host", self.settings.host, "--port", str(self.settings.mlflow_port),
+            "--workers", "1",
+            "--backend-store-uri", self.settings.mlflow_backend_uri,
+            "--artifacts-destination", str(self.settings.mlflow_artifacts_dir),
+            "--serve-artifacts",
+        ]
+
+    def _worker_command(self) -> list[str]:
+        return [
+            _venv_bin("prefect"), "worker", "start",
+            "--pool", self.settings.work_pool, "--type", "process",
+            "--name", self.worker_name,
+        ]
+
+    def _start_server(self, name: str, port: int, command: list[str], env: dict[str, str]) -> ProcessRecord | None:
+        if self.processes.alive(name) is not None:
+            self._progress(f"{name} already running")
+            return None
+        if port_in_use(self.settings.host, port):
+            raise StackError(
+                f"{name} cannot start: port {port} on {self.settings.host} is taken by a process "
+                f"this stack did not start. Stop it or choose another port "
+                f"(MODELYARD_{'PREFECT' if name == PREFECT_SERVER else 'MLFLOW'}_PORT)."
+            )
+        self._progress(f"starting {name} on {self.settings.host}:{port}")
+        return self.processes.start(name, command, env, self.settings.project_dir)
+
+    def _wait_healthy(self, name: str, started: ProcessRecord | None, healthy: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while time.monotonic() < deadline:
+            if healthy():
+                self._progress(f"{name} healthy")
+                return
+            record = started or self.processes.read(name)
+            if record is not None and record.process() is None:
+                code = self.processes.exit_code(record) if started else None
+                raise StackError(
+                    f"{name} exited during start-up"
+                    + (f" with code {code}" if code is not None else "")
+                    + f". Its log: {self.processes.log_path(name)}\n"
+                    + self.processes.tail(name)
+                )
+            time.sleep(0.5)
+        raise StackError(
+            f"{name} was not healthy after {self.settings.startup_timeout_s:.0f} s. "
+            f"Its log: {self.processes.log_path(name)}\n{self.processes.tail(name)}"
+        )
+
+    def _ensure_work_pool(self) -> None:
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.exceptions import ObjectNotFound
+
+        with self._client() as client:
+            try:
+                client.read_work_pool(self.settings.work_pool)
+                return
+            except ObjectNotFound:
+                pass
+            self._progress(f"creating process work pool '{self.settings.work_pool}'")
+            client.create_work_pool(WorkPoolCreate(name=self.settings.work_pool, type="process"))
+
+    def _ensure_deployments(self) -> None:
+        fingerprint_path = self.settings.run_dir / "deployments.json"
+        fingerprint = self._deployments_fingerprint()
+        declared = set(self.declared_deployments())
+        try:
+            recorded = json.loads(fingerprint_path.read_text()).get("fingerprint")
+        except (FileNotFoundError, ValueError):
+            recorded = None
+        if recorded == fingerprint and declared <= set(self.registered_deployments()):
+            self._progress(f"{len(declared)} deployments already registered")
+            return
+        self._progress(f"registering {len(declared)} deployments from prefect.yaml")
+        env = self._base_env()
+        result = subprocess.run(
+            [_venv_bin("prefect"), "--no-prompt", "deploy", "--all"],
+            cwd=self.settings.project_dir, env=env, capture_output=True, text=True, timeout=300,
+        )
+        log_path = self.processes.log_path("deploy")
+        log_path.write_text(result.stdout + result.stderr)
+        missing = declared - set(self.registered_deployments())
+        if result.returncode != 0 or missing:
+            raise StackError(
+                f"registering deployments failed (missing: {sorted(missing)}). Its log: {log_path}\n"
+                + "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+            )
+        fingerprint_path.write_text(json.dumps({"fingerprint": fingerprint, "deployments": sorted(declared)}))
+
+    def _ensure_postgres_databases(self) -> None:
+        import psycopg2
+        from psycopg2 import sql
+
+        assert self.settings.database_url is not None
+        url = self.settings.database_url.get_secret_value()
+        parts = urlsplit(url)
+        maintenance = urlunsplit((parts.scheme.split("+")[0], parts.netloc, "/postgres", "", ""))
+        try:
+            connection = psycopg2.connect(maintenance, connect_timeout=5)
+        except psycopg2.Error as error:
+            raise StackError(f"cannot reach PostgreSQL at {parts.hostname}:{parts.port}: {error}".strip()) from error
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                for component in ("prefect", "mlflow"):
+                    name = urlsplit(self.settings.postgres_url_for(component, "postgresql")).path.lstrip("/")
+                    cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                    if cursor.fetchone() is None:
+                        self._progress(f"creating PostgreSQL database {name}")
+                        cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        finally:
+            connection.close()
+
+    # -- down and status ---------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop the processes this stack started; return the names of those that were running."""
+        stopped = []
+        for name in PROCESS_COMPONENTS:
+            if self.processes.stop(name):
+                self._progress(f"stopped {name}")
+                stopped.append(name)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        rows = []
+        checks = {
+            PREFECT_SERVER: (self.settings.prefect_ui_url, self.prefect_healthy),
+            MLFLOW_SERVER: (self.settings.mlflow_url, self.mlflow_healthy),
+            PREFECT_WORKER: (f"pool '{self.settings.work_pool}'", self.worker_online),
+        }
+        for name in (PREFECT_SERVER, MLFLOW_SERVER, PREFECT_WORKER):
+            url, check = checks[name]
+            record = self.processes.alive(name)
+            if record is None:
+                rows.append(ComponentStatus(name, None, url, False, "stopped"))
+                continue
+            ok = check()
+            rows.append(ComponentStatus(name, record.pid, url, ok, "healthy" if ok else "running, not healthy"))
+        if self.prefect_healthy():
+            declared = self.declared_deployments()
+            registered = set(self.registered_deployments())
+            missing = [d for d in declared if d not in registered]
+            rows.append(
+                ComponentStatus(
+                    "deployments", None, f"{self.settings.prefect_ui_url}/deployments", not missing,
+                    f"{len(declared) - len(missing)}/{len(declared)} registered"
+                    + (f"; missing {missing}" if missing else ""),
+                )
+            )
+        else:
+            rows.append(ComponentStatus("deployments", None, None, False, "Prefect server unreachable"))
+        return rows

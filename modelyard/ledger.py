@@ -236,25 +236,9 @@ class AuditLedger:
                     index,
                     Problem(line_no, seq, "edited", "its content does not match its hash"),
                 )
-            if seq != expected_seq:
-                if isinstance(seq, int) and seq in seen:
-                    kind, why = "inserted", f"seq {seq} appears twice: a record was inserted"
-                elif isinstance(seq, int) and seq > expected_seq and expected_seq in seqs_present:
-                    kind, why = "reordered", f"seq {expected_seq} was expected here but comes later"
-                elif isinstance(seq, int) and seq > expected_seq:
-                    kind, why = "deleted", f"seq {expected_seq}..{seq - 1} are missing before it"
-                else:
-                    kind, why = "inserted", f"seq {seq} where {expected_seq} was expected"
-                return Verification(index, Problem(line_no, seq, kind, why))
-            if record["prev_hash"] != expected_prev:
-                return Verification(
-                    index,
-                    Problem(
-                        line_no, seq, "inserted",
-                        "prev_hash does not match the record before it: the chain was rebuilt "
-                        "or a record was replaced",
-                    ),
-                )
+            if seq != expected_seq or record["prev_hash"] != expected_prev:
+                problem = _diagnose_break(parsed, index, seen, seqs_present)
+                return Verification(problem.line - 1, problem)
             seen.add(seq)
             expected_prev = record["hash"]
         count = len(parsed)
@@ -283,6 +267,42 @@ class AuditLedger:
                 count, Problem(1, None, "head-missing", "the head checkpoint is missing")
             )
         return Verification(count, None)
+
+
+def _diagnose_break(
+    parsed: list[dict[str, Any] | None], index: int, seen: set[int], seqs_present: set[Any]
+) -> Problem:
+    """Name the first bad record when the record at ``index`` does not follow the chain."""
+    record = parsed[index]
+    assert record is not None
+    line_no, seq, expected_seq = index + 1, record.get("seq"), index + 1
+    before = parsed[index - 1] if index >= 1 else None
+    two_before = parsed[index - 2] if index >= 2 else None
+    if isinstance(seq, int) and seq in seen and record in parsed[:index]:
+        return Problem(line_no, seq, "inserted", f"a copy of record {seq} was replayed here")
+    if (
+        before is not None
+        and (two_before["hash"] if two_before else GENESIS_HASH) == record["prev_hash"]
+    ):
+        return Problem(
+            line_no - 1, before.get("seq"), "inserted",
+            "the record after it chains to the record before it, so this one was slipped in",
+        )
+    if isinstance(seq, int) and seq in seen:
+        return Problem(line_no, seq, "inserted", f"seq {seq} appears twice: a record was inserted")
+    if isinstance(seq, int) and seq > expected_seq:
+        if expected_seq in seqs_present:
+            return Problem(line_no, seq, "reordered", f"seq {expected_seq} was expected here but comes later")
+        return Problem(line_no, seq, "deleted", f"seq {expected_seq}..{seq - 1} are missing before it")
+    if seq != expected_seq:
+        return Problem(line_no, seq, "reordered", f"seq {seq} where {expected_seq} was expected")
+    if before is not None:
+        return Problem(
+            line_no - 1, before.get("seq"), "edited",
+            f"record {seq} chains to a different hash: this record was altered and re-hashed "
+            "(or the next one replaced)",
+        )
+    return Problem(line_no, seq, "edited", "the first record does not start from the genesis hash")
 
 
 def ledger_from_settings(settings: Any) -> AuditLedger:

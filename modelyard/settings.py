@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     @cached_property
     def mlflow_backend_uri(self) -> str:
         if self.database_url is not None:
-            return self.postgres_url_for("mlflow", "postgresql")
+            return self.postgres_url_for("mlflow", "postgresql+psycopg2")
         return f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
 
     @cached_property

@@ -1,0 +1,52 @@
+# modelyard — the two commands a new user needs: `make demo` and `make test`.
+# Both do all the set-up themselves (Debian packages where needed, the virtualenv from the lock).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TEST_PACKAGES := postgresql chromium
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean
+
+help:
+	@echo "make demo    set everything up, start the stack, run the lifecycle demo"
+	@echo "make test    set everything up and run the whole test suite"
+	@echo "make lock    re-resolve requirements.lock from pyproject.toml"
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || bash infra/scripts/install-system-packages.sh python3-venv python3-pip
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/modelyard demo
+
+system-deps:
+	bash infra/scripts/install-system-packages.sh $(TEST_PACKAGES)
+
+test: install system-deps
+	export MODELYARD_TEST_POSTGRES_URL="$$(bash infra/scripts/start-postgres.sh | tail -n 1)" && \
+	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not stack" $(PYTEST_ARGS)
+
+lock:
+	uv pip compile -q pyproject.toml --extra test -o requirements.lock --python-version 3.11 --generate-hashes
+
+stack-up: install
+	$(BIN)/modelyard stack up
+stack-down: install
+	$(BIN)/modelyard stack down
+stack-status: install
+	$(BIN)/modelyard stack status
+
+clean: stack-down
+	rm -rf .modelyard

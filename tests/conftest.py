@@ -1,0 +1,76 @@
+"""Fixtures that start real stacks (Prefect, MLflow, a worker) on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from modelyard.settings import Settings
+from modelyard.stack import PROCESS_COMPONENTS, Stack
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_settings(state_dir: Path, **overrides) -> Settings:
+    return Settings(
+        state_dir=state_dir,
+        prefect_port=free_port(),
+        mlflow_port=free_port(),
+        worker_query_seconds=1.0,
+        **overrides,
+    )
+
+
+def stack_pids(stack: Stack) -> set[int]:
+    """Every live pid of the stack's processes and their descendants."""
+    pids: set[int] = set()
+    for name in PROCESS_COMPONENTS:
+        record = stack.processes.alive(name)
+        if record is None:
+            continue
+        proc = record.process()
+        pids.add(proc.pid)
+        pids.update(child.pid for child in proc.children(recursive=True))
+    return pids
+
+
+def alive(pids: set[int]) -> set[int]:
+    living = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                living.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return living
+
+
+@pytest.fixture(scope="session")
+def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real embedded stack on SQLite, shared by the tests of one session."""
+    stack = Stack(make_settings(tmp_path_factory.mktemp("stack-sqlite") / "state"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("MODELYARD_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "MODELYARD_TEST_POSTGRES_URL is not set: run the tests with `make test`, which "
+            "starts PostgreSQL (infra/scripts/start-postgres.sh) and sets it."
+        )
+    return url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -99,6 +100,41 @@ def audit_show(
     for r in records:
         table.add_row(str(r["seq"]), r["time"], r["actor"], r["action"], r["subject"], json.dumps(r["details"])[:120])
     console.print(table)
+
+
+@app.command("train")
+def train(
+    spec: Annotated[Path, typer.Argument(help="The model spec (YAML).", exists=True, dir_okay=False)],
+    data: Annotated[Path | None, typer.Option(help="Train on this CSV/Parquet instead of the spec's source.")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote to champion if it passes the policy.")] = False,
+) -> None:
+    """Run the model pipeline (validate → build → evaluate → register) on the stack's worker."""
+    from modelyard.runs import flow_run_url, run_deployment_and_wait
+    from modelyard.spec import SpecError, load_spec
+
+    try:
+        load_spec(spec)
+    except SpecError as error:
+        errors.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+    settings = get_settings()
+    parameters = {"spec_path": str(spec.resolve()), "promote_if_better": promote}
+    if data is not None:
+        parameters["data_path"] = str(data.resolve())
+    console.print(f"running model-pipeline for {spec} on the worker …")
+    flow_run = run_deployment_and_wait(settings, "model-pipeline/model-pipeline", parameters=parameters, timeout_s=1800)
+    ok = bool(flow_run.state and flow_run.state.is_completed())
+    console.print(f"{'[green]' if ok else '[red]'}{flow_run.state.name if flow_run.state else 'unknown'}[/] "
+                  f"{flow_run_url(settings, flow_run)}")
+    if ok:
+        from tasks.registry import registry_snapshot, tracking_client
+
+        model = load_spec(spec).name
+        snapshot = registry_snapshot(tracking_client(settings), model)
+        console.print(f"{model}: versions {snapshot['versions']}, aliases {snapshot['aliases']}")
+    else:
+        errors.print(str(flow_run.state.message if flow_run.state else ""))
+        raise typer.Exit(1)
 
 
 @app.command("demo")

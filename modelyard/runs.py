@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.client.schemas.objects import FlowRun
 
 from modelyard.settings import Settings
 
 
-def run_deployment_and_wait(settings: Settings, name: str, timeout_s: float = 300) -> FlowRun:
+def run_deployment_and_wait(
+    settings: Settings, name: str, parameters: dict[str, Any] | None = None, timeout_s: float = 300
+) -> FlowRun:
     """Start deployment ``flow/deployment`` on the stack's worker and wait for its final state."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
-        return run_deployment(name, timeout=timeout_s)
+        return run_deployment(name, parameters=parameters or {}, timeout=timeout_s)
 
 
 def flow_run_url(settings: Settings, flow_run: FlowRun) -> str:

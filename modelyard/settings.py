@@ -129,6 +129,7 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": str(self.worker_query_seconds),
             "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
 
 

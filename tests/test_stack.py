@@ -57,7 +57,8 @@ def test_status_command_reports_each_component(sqlite_stack: Stack):
     assert rows["prefect-server"]["url"] == sqlite_stack.settings.prefect_ui_url
     assert rows["mlflow-server"]["url"] == sqlite_stack.settings.mlflow_url
     assert rows["prefect-worker"]["healthy"] is True
-    assert rows["deployments"]["detail"].startswith("1/1")
+    declared = len(sqlite_stack.declared_deployments())
+    assert rows["deployments"]["detail"].startswith(f"{declared}/{declared} registered")
 
 
 def test_port_taken_by_a_stranger_stops_up_with_a_clear_message(tmp_path):

@@ -1,0 +1,34 @@
+"""Content digests of model artifacts: what was registered is what gets served.
+
+The digest is the sha256 of a manifest of every file's relative path and sha256 (the idea
+of OpenSSF model-signing's hash manifest), so it does not depend on how a store lays out
+or timestamps files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest(root: Path) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file under ``root``, sorted by path."""
+    root = Path(root)
+    return sorted(
+        (path.relative_to(root).as_posix(), file_sha256(path))
+        for path in root.rglob("*") if path.is_file()
+    )
+
+
+def artifact_digest(root: Path) -> str:
+    """sha256 of the manifest of ``root``: changes if any file is added, removed or altered."""
+    lines = "".join(f"{rel}\0{sha}\n" for rel, sha in manifest(root))
+    return hashlib.sha256(lines.encode()).hexdigest()

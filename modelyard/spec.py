@@ -1,0 +1,146 @@
+"""The model spec: everything that makes one model differ from another, validated at load.
+
+The pipeline code never names a dataset, a column or a threshold; it reads them here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskKind = Literal["binary_classification", "multiclass_classification", "regression"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Strict):
+    method: Literal["random", "time"] = "random"
+    test_size: float = Field(0.25, gt=0, lt=1)
+    time_column: str | None = None
+    seed: int = 42
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _time_split_needs_a_column(self) -> SplitSpec:
+        if self.method == "time" and not self.time_column:
+            raise ValueError("split.method 'time' needs split.time_column")
+        return self
+
+
+class DataSpec(_Strict):
+    """Where the data lives and which columns matter.
+
+    ``source`` is a CSV or Parquet path (relative to the spec file), ``sklearn:<name>`` for a
+    dataset bundled with scikit-learn, or ``generator:<name>`` for modelyard's demo generators.
+    """
+
+    source: str
+    target: str
+    features: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    categorical: list[str] | None = None
+    generator_params: dict[str, Any] = Field(default_factory=dict)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+
+class EstimatorSpec(_Strict):
+    kind: Literal[
+        "gradient_boosting", "hist_gradient_boosting", "random_forest",
+        "logistic_regression", "linear_regression", "ridge",
+    ] = "gradient_boosting"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExpectationSpec(_Strict):
+    """One explicit Great Expectations expectation, by its GX class name in snake case."""
+
+    type: str
+    column: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ValidationSpec(_Strict):
+    infer_from_reference: bool = True
+    expectations: list[ExpectationSpec] = Field(default_factory=list)
+    range_tolerance: float = Field(
+        0.1, ge=0, description="Inferred numeric ranges widen by this share of their span."
+    )
+    mostly: float = Field(1.0, gt=0, le=1, description="Share of rows an inferred expectation must hold for.")
+
+
+class PolicySpec(_Strict):
+    min_metrics: dict[str, float] = Field(default_factory=dict)
+    max_regression: dict[str, float] = Field(
+        default_factory=dict, description="Largest allowed drop (or rise, for errors) against the champion."
+    )
+    max_p95_latency_ms: float | None = None
+
+
+class MetricsSpec(_Strict):
+    primary: str
+    slices: list[str] = Field(default_factory=list)
+
+
+class ServingSpec(_Strict):
+    target: Literal["local", "docker", "kubernetes"] = "local"
+    strategy: Literal["blue_green", "canary", "shadow"] = "canary"
+    gpu: bool = False
+    replicas: int = 1
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCardSpec(_Strict):
+    intended_use: str = ""
+    limitations: list[str] = Field(default_factory=list)
+    owner: str = ""
+
+
+class ModelSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: TaskKind
+    data: DataSpec
+    estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
+    metrics: MetricsSpec
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    card: ModelCardSpec = Field(default_factory=ModelCardSpec)
+    base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths start from.")
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task != "regression"
+
+
+class SpecError(ValueError):
+    """The spec file is missing, not YAML, or does not match the schema; says which field."""
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a model spec, naming the offending field on error."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise SpecError(f"model spec {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise SpecError(f"model spec {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise SpecError(f"model spec {path} must be a YAML mapping")
+    return parse_spec(raw, base_dir=path.resolve().parent, origin=str(path))
+
+
+def parse_spec(raw: dict[str, Any], base_dir: Path | None = None, origin: str = "spec") -> ModelSpec:
+    try:
+        spec = ModelSpec.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise SpecError(f"{origin} is invalid: {problems}") from error
+    return spec.model_copy(update={"base_dir": base_dir or Path(".")})

@@ -1,0 +1,280 @@
+"""The stage logic of the model pipeline — prepare, validate, build, evaluate, promote — as
+plain functions over the spec, with thin Prefect task wrappers for retries and the UI.
+
+Validation and policy failures are verdicts, never retried; only transient infrastructure
+errors (MLflow unreachable) are.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import requests
+from mlflow import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from modelyard.settings import get_settings
+from modelyard.spec import ExpectationSpec, ModelSpec, load_spec
+from tasks import data as data_ops
+from tasks.evaluation import Decision, decide, model_metrics, p95_latency_ms, slice_metrics
+from tasks.lineage import git_commit, lock_hash, package_versions
+from tasks.model_card import model_card_markdown
+from tasks.onnx_export import export_with_parity, onnx_feed
+from tasks.registry import (
+    CHAMPION, RegisteredVersion, alias_version, load_version, log_and_register, tracking_client,
+)
+from tasks.training import FeatureSet, model_inputs, train_model
+from tasks.validation import ValidationReport, build_suite, suite_for_model, validate_frame
+
+EXPECTATIONS_ARTIFACT = "validation/expectations.json"
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Retry only when the failure is the infrastructure's (connection refused, timeouts, 5xx)."""
+    try:
+        state.result()
+    except (requests.ConnectionError, requests.Timeout, httpx.TransportError, ConnectionError, TimeoutError):
+        return True
+    except mlflow.exceptions.MlflowException as error:
+        text = str(error)
+        return any(word in text for word in ("Connection", "Max retries", "503", "502", "504", "timed out"))
+    except Exception:
+        return False
+    return False
+
+
+# Inputs are frames and fitted models: never hashed for caching.
+INFRA_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10], "retry_condition_fn": is_transient,
+                 "cache_policy": NO_CACHE}
+
+
+@dataclass
+class PreparedData:
+    spec: ModelSpec
+    data: pd.DataFrame
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    features: FeatureSet
+    fingerprint: str
+
+
+def prepare_data(spec_path: str, data_path: str | None = None) -> PreparedData:
+    """Load the spec and its data (``data_path`` overrides the spec's source), split, fingerprint."""
+    spec = load_spec(spec_path)
+    if data_path:
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(Path(data_path).resolve())})})
+    data = data_ops.load_dataset(spec)
+    columns = data_ops.feature_columns(spec, data)
+    features = FeatureSet(columns, data_ops.categorical_columns(spec, data, columns))
+    split = data_ops.split_dataset(spec, data)
+    return PreparedData(spec, data, split.train, split.holdout, features, data_ops.fingerprint(data))
+
+
+# -- validate --------------------------------------------------------------------------------
+
+
+def champion_expectations(client: MlflowClient, model_name: str) -> list[ExpectationSpec] | None:
+    """The expectation suite recorded with the current champion, if there is one."""
+    version = alias_version(client, model_name, CHAMPION)
+    if version is None:
+        return None
+    run_id = client.get_model_version(model_name, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, EXPECTATIONS_ARTIFACT, tmp)
+        return [ExpectationSpec.model_validate(item) for item in json.loads(Path(path).read_text())]
+
+
+def model_expectations(prepared: PreparedData, client: MlflowClient) -> tuple[list[ExpectationSpec], str]:
+    """The model's suite: the champion's when one exists, else inferred from this data."""
+    recorded = champion_expectations(client, prepared.spec.name)
+    if recorded is not None:
+        return recorded, "champion's suite"
+    _, expectations = suite_for_model(prepared.spec, prepared.data, prepared.features.columns, include_target=True)
+    return expectations, "inferred from this data (no champion yet)"
+
+
+def validate_prepared(prepared: PreparedData, expectations: list[ExpectationSpec]) -> ValidationReport:
+    suite = build_suite(f"{prepared.spec.name}-suite", expectations)
+    return validate_frame(prepared.data, suite)
+
+
+def log_validation_run(client: MlflowClient, prepared: PreparedData, report: ValidationReport, source: str) -> str:
+    """GX's result as an MLflow run of the model's experiment, pass or fail."""
+    mlflow.set_experiment(prepared.spec.name)
+    with mlflow.start_run(run_name=f"validate-{prepared.spec.name}") as run:
+        mlflow.set_tags({"modelyard.stage": "validate", "modelyard.validation": "passed" if report.success else "failed",
+                         "modelyard.data_fingerprint": prepared.fingerprint, "modelyard.suite_source": source})
+        mlflow.log_metrics({"expectations_evaluated": report.evaluated, "expectations_failed": len(report.failed)})
+        mlflow.log_dict(report.gx_result, "validation/gx_result.json")
+    return run.info.run_id
+
+
+# -- build -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BuiltModel:
+    pipeline: Any
+    metrics: dict[str, float]
+    slices: list[dict]
+    onnx: Any
+
+
+def build_model(prepared: PreparedData) -> BuiltModel:
+    spec, features = prepared.spec, prepared.features
+    pipeline = train_model(spec, prepared.train, features)
+    inputs = model_inputs(prepared.holdout, features)
+    y_true = prepared.holdout[spec.data.target]
+    metrics = model_metrics(pipeline, inputs, y_true, spec.is_classification)
+    slices = slice_metrics(prepared.holdout, inputs, y_true, pipeline, spec.is_classification,
+                           spec.metrics.slices, spec.metrics.primary)
+    onnx = export_with_parity(pipeline, features, prepared.holdout, spec.is_classification)
+    return BuiltModel(pipeline, metrics, slices, onnx)
+
+
+def lineage_tags(prepared: PreparedData, validation: dict[str, Any]) -> dict[str, str]:
+    """Tags that tie a version to its data, code, packages and validation run."""
+    settings = get_settings()
+    return {
+        "modelyard.data_fingerprint": prepared.fingerprint,
+        "modelyard.git_commit": git_commit(settings.project_dir),
+        "modelyard.lock_sha256": lock_hash(settings.project_dir),
+        "modelyard.validation": f"{'passed' if validation['success'] else 'failed'}: "
+                                f"{validation['evaluated'] - len(validation['failed'])}/{validation['evaluated']} "
+                                f"expectations (run {validation['mlflow_run_id']})",
+        "modelyard.packages": json.dumps(package_versions(), sort_keys=True),
+        "modelyard.data_source": prepared.spec.data.source,
+    }
+
+
+def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[str, Any],
+                   client: MlflowClient) -> tuple[RegisteredVersion, str]:
+    """Log and register a version with its evidence; returns it and its model card."""
+    spec = prepared.spec
+    lineage = lineage_tags(prepared, validation)
+    data_facts = {
+        "source": spec.data.source, "rows": len(prepared.data), "train rows": len(prepared.train),
+        "holdout rows": len(prepared.holdout), "features": len(prepared.features.columns),
+        "target": spec.data.target, "fingerprint": prepared.fingerprint,
+    }
+    if spec.is_classification:
+        shares = prepared.data[spec.data.target].value_counts(normalize=True).head(10)
+        data_facts["target distribution"] = ", ".join(f"{k}: {v:.2%}" for k, v in shares.items())
+    serving = {"format": "onnx" if built.onnx.ok else "pyfunc", "onnx_status": built.onnx.reason}
+    card = model_card_markdown(spec, data_facts=data_facts, metrics=built.metrics, slice_rows=built.slices,
+                               lineage=lineage, serving=serving)
+    params = {"estimator": spec.estimator.kind, **{f"estimator.{k}": v for k, v in spec.estimator.params.items()},
+              "features": len(prepared.features.columns), "split": spec.data.split.method,
+              "test_size": spec.data.split.test_size}
+    registered = log_and_register(
+        model_name=spec.name, pipeline=built.pipeline, features=prepared.features,
+        train_inputs=model_inputs(prepared.train, prepared.features), params=params, metrics=built.metrics,
+        onnx=built.onnx, validation_result={k: v for k, v in validation.items() if k != "expectations"}, model_card=card, slice_rows=built.slices,
+        lineage=lineage, client=client,
+    )
+    client.log_dict(registered.run_id, validation["expectations"], EXPECTATIONS_ARTIFACT)
+    return registered, card
+
+
+# -- evaluate --------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    decision: Decision
+    challenger_metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    p95_ms: float
+
+
+def serving_latency_p95(model_name: str, version: str, holdout: pd.DataFrame, features: FeatureSet, pipeline) -> float:
+    """p95 single-row latency on the format the version will be served in (ONNX when verified)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=tmp))
+        onnx_path = next(local.rglob("model.onnx"), None)
+        if onnx_path is not None:
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            names = [i.name for i in session.get_inputs()]
+            rows = [onnx_feed(holdout.iloc[[i]], features, names) for i in range(min(len(holdout), 50))]
+            return p95_latency_ms(lambda i: session.run(None, rows[i]), len(rows))
+    inputs = model_inputs(holdout, features)
+    rows = [inputs.iloc[[i]] for i in range(min(len(inputs), 50))]
+    return p95_latency_ms(lambda i: pipeline.predict(rows[i]), len(rows))
+
+
+def evaluate_version(prepared: PreparedData, version: str, client: MlflowClient) -> Evaluation:
+    """The challenger against the current champion on the same holdout, under the spec's policy."""
+    spec = prepared.spec
+    inputs = model_inputs(prepared.holdout, prepared.features)
+    y_true = prepared.holdout[spec.data.target]
+    challenger = load_version(spec.name, version)
+    challenger_metrics = model_metrics(challenger, inputs, y_true, spec.is_classification)
+    champion_version = alias_version(client, spec.name, CHAMPION)
+    champion_metrics = None
+    if champion_version is not None and champion_version != version:
+        champion = load_version(spec.name, champion_version)
+        champion_metrics = model_metrics(champion, inputs, y_true, spec.is_classification)
+    p95 = serving_latency_p95(spec.name, version, prepared.holdout, prepared.features, challenger)
+    decision = decide(spec.policy, challenger_metrics, champion_metrics, p95,
+                      champion_version if champion_metrics is not None else None)
+    return Evaluation(decision, challenger_metrics, champion_metrics, p95)
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# -- Prefect task wrappers -------------------------------------------------------------------
+
+
+@task(name="prepare-data", cache_policy=NO_CACHE)
+def prepare_data_task(spec_path: str, data_path: str | None = None) -> PreparedData:
+    return prepare_data(spec_path, data_path)
+
+
+@task(name="model-expectations", **INFRA_RETRIES)
+def model_expectations_task(prepared: PreparedData) -> tuple[list[ExpectationSpec], str]:
+    return model_expectations(prepared, tracking_client(get_settings()))
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_data_task(prepared: PreparedData, expectations: list[ExpectationSpec]) -> ValidationReport:
+    return validate_prepared(prepared, expectations)
+
+
+@task(name="log-validation", **INFRA_RETRIES)
+def log_validation_task(prepared: PreparedData, report: ValidationReport, source: str) -> str:
+    return log_validation_run(tracking_client(get_settings()), prepared, report, source)
+
+
+@task(name="train-and-export", cache_policy=NO_CACHE)
+def build_model_task(prepared: PreparedData) -> BuiltModel:
+    return build_model(prepared)
+
+
+@task(name="register-version", **INFRA_RETRIES)
+def register_model_task(prepared: PreparedData, built: BuiltModel,
+                        validation: dict[str, Any]) -> tuple[RegisteredVersion, str]:
+    return register_model(prepared, built, validation, tracking_client(get_settings()))
+
+
+@task(name="evaluate-challenger", **INFRA_RETRIES)
+def evaluate_task(prepared: PreparedData, version: str) -> Evaluation:
+    return evaluate_version(prepared, version, tracking_client(get_settings()))

@@ -137,25 +137,44 @@ def train(
         raise typer.Exit(1)
 
 
+DEMO_SPEC = "specs/fraud.yaml"
+
+
 @app.command("demo")
 def demo() -> None:
-    """Bring the stack up and run the lifecycle on the demo data (for now: the smoke flow)."""
+    """Bring the stack up, run the smoke flow, and train the demo fraud model's first champion."""
     from modelyard.runs import flow_run_url, run_deployment_and_wait
+    from modelyard.spec import load_spec
+    from tasks.registry import registry_snapshot, tracking_client
 
     stack = _stack()
+    settings = stack.settings
     try:
         stack.up()
     except StackError as error:
         errors.print(f"[red]stack up failed:[/red] {error}")
         raise typer.Exit(1) from error
-    console.print("running the smoke flow through the worker …")
-    flow_run = run_deployment_and_wait(stack.settings, "smoke/smoke")
-    state = flow_run.state.name if flow_run.state else "unknown"
-    console.print(f"smoke flow run '{flow_run.name}': {state}  {flow_run_url(stack.settings, flow_run)}")
-    verification = ledger_from_settings(stack.settings).verify()
+    runs = []
+    console.print("1/2 smoke flow through the worker …")
+    runs.append(("smoke", run_deployment_and_wait(settings, "smoke/smoke")))
+    spec_path = settings.project_dir / DEMO_SPEC
+    console.print(f"2/2 model pipeline on {DEMO_SPEC} (validate → build → evaluate → register) …")
+    runs.append(("model-pipeline", run_deployment_and_wait(
+        settings, "model-pipeline/model-pipeline", parameters={"spec_path": str(spec_path)}, timeout_s=1800)))
+    table = Table(title="modelyard demo")
+    for column in ("flow", "run", "state", "link"):
+        table.add_column(column)
+    for flow_name, flow_run in runs:
+        state = flow_run.state.name if flow_run.state else "unknown"
+        table.add_row(flow_name, flow_run.name, state, flow_run_url(settings, flow_run))
+    console.print(table)
+    model = load_spec(spec_path).name
+    snapshot = registry_snapshot(tracking_client(settings), model)
+    console.print(f"registry: {model} versions {snapshot['versions']}, aliases {snapshot['aliases']}")
+    verification = ledger_from_settings(settings).verify()
     console.print(f"audit ledger: {verification.records} records, {'verified' if verification.ok else verification.problem}")
-    console.print(f"\nPrefect UI: {stack.settings.prefect_ui_url}\nMLflow UI:  {stack.settings.mlflow_url}")
-    if not (flow_run.state and flow_run.state.is_completed()) or not verification.ok:
+    console.print(f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_url}/#/models/{model}")
+    if not all(r.state and r.state.is_completed() for _, r in runs) or not verification.ok:
         raise typer.Exit(1)
 
 

@@ -19,12 +19,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Written by MLflow into a download according to the URI used (name/version), not model content.
+NOT_CONTENT = frozenset({"registered_model_meta"})
+
+
 def manifest(root: Path) -> list[tuple[str, str]]:
-    """(relative path, sha256) of every file under ``root``, sorted by path."""
+    """(relative path, sha256) of every model file under ``root``, sorted by path."""
     root = Path(root)
     return sorted(
         (path.relative_to(root).as_posix(), file_sha256(path))
-        for path in root.rglob("*") if path.is_file()
+        for path in root.rglob("*") if path.is_file() and path.name not in NOT_CONTENT
     )
 
 

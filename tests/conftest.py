@@ -74,3 +74,23 @@ def postgres_url() -> str:
             "starts PostgreSQL (infra/scripts/start-postgres.sh) and sets it."
         )
     return url
+
+
+@pytest.fixture(scope="session")
+def stack_env(sqlite_stack: Stack) -> Iterator[Stack]:
+    """Run flows in this process against the session stack: MODELYARD_* and Prefect's API URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = {**sqlite_stack.settings.child_env(), **sqlite_stack.settings.prefect_client_env()}
+    env.pop("PREFECT_HOME", None)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        with temporary_settings({PREFECT_API_URL: sqlite_stack.settings.prefect_api_url}):
+            yield sqlite_stack
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -137,6 +137,22 @@ def train(
         raise typer.Exit(1)
 
 
+@app.command("serve")
+def serve(
+    model: Annotated[str, typer.Argument(help="models:/NAME/VERSION, models:/NAME@ALIAS, or a model directory.")],
+    port: Annotated[int, typer.Option(help="Port to listen on (loopback by default).")] = 8080,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not write the prediction log.")] = False,
+) -> None:
+    """Serve one model version over the MLflow scoring and Open Inference v2 protocols."""
+    from deployments.server.main import serve as run_server
+
+    try:
+        run_server(model, get_settings(), port=port, log_predictions=not no_log)
+    except ValueError as error:
+        errors.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from error
+
+
 DEMO_SPEC = "specs/fraud.yaml"
 
 

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC secret shared with MLflow registry webhooks."
     )
+    serve_anonymous: bool = Field(
+        False, description="Serve inference without a token when none is set (the demo does)."
+    )
+    serve_max_batch: int = Field(64, ge=1, description="Most rows one micro-batch runs at once.")
+    serve_max_wait_ms: float = Field(
+        0.0, ge=0, description="Extra wait for a micro-batch to fill (0: batch only what queued while busy)."
+    )
+    serve_max_body_bytes: int = Field(8 * 1024 * 1024, description="Larger request bodies get 413.")
+    serve_max_rows: int = Field(10_000, description="More rows in one request get 413.")
+    prediction_log_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged.")
+    prediction_log_queue: int = Field(10_000, ge=1, description="Requests the log queue holds before dropping.")
     ledger_key: SecretStr | None = Field(
         None, description="HMAC key that signs the audit ledger's head checkpoint."
     )
@@ -72,6 +83,10 @@ class Settings(BaseSettings):
     @cached_property
     def ledger_path(self) -> Path:
         return self.state_dir / "audit" / "ledger.jsonl"
+
+    @cached_property
+    def prediction_log_dir(self) -> Path:
+        return self.state_dir / "predictions"
 
     @cached_property
     def logs_dir(self) -> Path:

@@ -1,0 +1,163 @@
+"""The model a server process serves: ONNX Runtime when the version carries a
+parity-verified ONNX graph, the MLflow pyfunc otherwise — behind one ``predict``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from modelyard.integrity import artifact_digest
+
+NUMERIC_TYPES = {"double", "float", "long", "integer"}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One input column as the MLflow signature states it."""
+
+    name: str
+    type: str  # double | float | long | integer | boolean | string
+    required: bool = True
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+    @property
+    def v2_datatype(self) -> str:
+        return {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
+                "boolean": "BOOL"}.get(self.type, "BYTES")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray                 # class labels, or regression values
+    probabilities: np.ndarray | None   # [rows, classes] for classifiers
+    classes: list | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    model: str
+    version: str
+    run_id: str
+    artifact_sha256: str
+    serving_format: str
+
+
+def read_signature(model_dir: Path) -> list[ColumnSpec]:
+    from mlflow.models import Model
+
+    signature = Model.load(str(model_dir / "MLmodel")).signature
+    if signature is None or signature.inputs is None:
+        raise ValueError(f"{model_dir} has no MLflow signature: the server cannot check inputs")
+    columns = []
+    for spec in signature.inputs.inputs:
+        kind = getattr(spec.type, "name", str(spec.type))
+        columns.append(ColumnSpec(spec.name, str(kind), bool(getattr(spec, "required", True))))
+    return columns
+
+
+def _find(model_dir: Path, name: str) -> Path | None:
+    return next(iter(sorted(model_dir.rglob(name))), None)
+
+
+class ModelRuntime:
+    """Loads a model version directory and predicts on columns of rows."""
+
+    def __init__(self, model_dir: Path, model: str = "", version: str = "") -> None:
+        self.model_dir = Path(model_dir)
+        self.columns = read_signature(self.model_dir)
+        serving_path = _find(self.model_dir, "serving.json")
+        self.serving = json.loads(serving_path.read_text()) if serving_path else {"format": "pyfunc"}
+        meta = self._registered_meta()
+        self.info = VersionInfo(
+            model=model or meta.get("model_name", self.model_dir.name),
+            version=str(version or meta.get("model_version", "0")),
+            run_id=self._run_id(),
+            artifact_sha256=artifact_digest(self.model_dir),
+            serving_format="onnx" if self.serving.get("format") == "onnx" and _find(self.model_dir, "model.onnx") else "pyfunc",
+        )
+        self.classes: list | None = None
+        if self.info.serving_format == "onnx":
+            self._load_onnx()
+        else:
+            self._load_pyfunc()
+
+    def _registered_meta(self) -> dict:
+        path = self.model_dir / "registered_model_meta"
+        if not path.exists():
+            return {}
+        import yaml
+
+        return yaml.safe_load(path.read_text()) or {}
+
+    def _run_id(self) -> str:
+        import yaml
+
+        mlmodel = yaml.safe_load((self.model_dir / "MLmodel").read_text()) or {}
+        return str(mlmodel.get("run_id") or "")
+
+    def _load_onnx(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(_find(self.model_dir, "model.onnx")), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.categorical = set(self.serving.get("categorical", []))
+        self.feature_order = list(self.serving.get("columns", [c.name for c in self.columns]))
+        self.is_classifier = len(self.output_names) > 1
+        if self.is_classifier:
+            import onnx
+
+            graph = onnx.load(str(_find(self.model_dir, "model.onnx")), load_external_data=False)
+            for node in graph.graph.node:
+                if node.op_type in {"TreeEnsembleClassifier", "LinearClassifier"}:
+                    for attr in node.attribute:
+                        if attr.name == "classlabels_int64s" and attr.ints:
+                            self.classes = list(attr.ints)
+                        elif attr.name == "classlabels_strings" and attr.strings:
+                            self.classes = [s.decode() for s in attr.strings]
+
+    def _load_pyfunc(self) -> None:
+        import mlflow.sklearn
+
+        self.pipeline = mlflow.sklearn.load_model(str(self.model_dir))
+        self.is_classifier = hasattr(self.pipeline, "predict_proba")
+        if self.is_classifier:
+            self.classes = list(self.pipeline.classes_)
+
+    def predict(self, columns: dict[str, np.ndarray]) -> Prediction:
+        """Predict on checked columns (name → 1-D array of the rows' values)."""
+        if self.info.serving_format == "onnx":
+            feed = {}
+            for column, name in zip(self.feature_order, self.input_names, strict=True):
+                values = columns[column]
+                if column in self.categorical:
+                    feed[name] = values.astype(str).astype(object).reshape(-1, 1)
+                else:
+                    feed[name] = values.astype(np.float32).reshape(-1, 1)
+            outputs = self.session.run(None, feed)
+            if self.is_classifier:
+                return Prediction(outputs[0].reshape(-1), np.asarray(outputs[1]), self.classes)
+            return Prediction(np.asarray(outputs[0]).reshape(-1), None, None)
+        frame = pd.DataFrame({c.name: columns[c.name] for c in self.columns})
+        labels = np.asarray(self.pipeline.predict(frame))
+        proba = np.asarray(self.pipeline.predict_proba(frame)) if self.is_classifier else None
+        return Prediction(labels, proba, self.classes)
+
+    def warm_up(self, rows: int = 8) -> None:
+        """Run a few predictions on typical values so the first request is not slow."""
+        sample = {c.name: (np.zeros(rows) if c.numeric else np.array(["warmup"] * rows, dtype=object))
+                  for c in self.columns}
+        for _ in range(3):
+            self.predict(sample)

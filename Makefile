@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TEST_PACKAGES := postgresql chromium
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean
+.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving
 
 help:
 	@echo "make demo    set everything up, start the stack, run the lifecycle demo"
@@ -50,3 +50,7 @@ stack-status: install
 
 clean: stack-down
 	rm -rf .modelyard
+
+bench-serving: install
+	bash infra/scripts/install-system-packages.sh wrk
+	$(BIN)/python infra/bench/serving.py

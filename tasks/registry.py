@@ -79,7 +79,7 @@ def log_and_register(
 
         extra_files = []
         serving = {"format": "onnx" if onnx.ok else "pyfunc", "onnx_status": onnx.reason,
-                   "parity": onnx.parity, "columns": features.columns, "categorical": features.categorical}
+                   "parity": onnx.parity, "layout": onnx.layout, "columns": features.columns, "categorical": features.categorical}
         if onnx.ok and onnx.model_bytes:
             onnx_path = tmp_dir / "model.onnx"
             onnx_path.write_bytes(onnx.model_bytes)

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import hmac
 import time
-import uuid
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
 from deployments.server.batching import MicroBatcher
-from deployments.server.contract import ContractError, InputContract, bad, parse_json
+from deployments.server.contract import ContractError, InputContract, MatrixBatch, bad, parse_json
 from deployments.server.metrics import ServerMetrics
 from deployments.server.model_runtime import ModelRuntime, Prediction
+from deployments.server.prediction_log import MatrixColumns
 
 JSON = b"application/json"
 
@@ -93,7 +94,7 @@ class InferenceApp:
     async def _http(self, scope, receive, send) -> None:
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or os.urandom(16).hex()
         path = scope["path"]
         route = self._exact.get((scope["method"], path))
         route_name = "unknown"
@@ -239,6 +240,6 @@ class InferenceApp:
         received = time.time()
         prediction = await self.batcher.submit(columns)
         if self.log is not None:
-            self.log.submit(request_id, received, columns, prediction.labels.tolist(),
-                            None if prediction.probabilities is None else prediction.probabilities.tolist())
+            logged = MatrixColumns(columns.names, columns.matrix) if isinstance(columns, MatrixBatch) else columns
+            self.log.submit(request_id, received, logged, prediction.labels, prediction.probabilities)
         return prediction

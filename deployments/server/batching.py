@@ -1,7 +1,10 @@
-"""Dynamic micro-batching: requests that arrive while the model is busy run together.
+"""Dynamic micro-batching: requests that arrive together run through the model together.
 
-With ``max_wait_ms`` 0 a lone request runs at once (no added latency); under load the
-requests queued during one model call form the next batch, up to ``max_batch`` rows.
+A request appends itself to the pending list and, if no run is scheduled, schedules one
+for the end of the current event-loop iteration (or ``max_wait_ms`` later). So a lone
+request runs at once, while requests parsed in the same iteration, or queued while the
+model was busy, share one model call of up to ``max_batch`` rows. No queue, no task per
+request: one list and one callback.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from deployments.server.contract import MatrixBatch
 from deployments.server.model_runtime import Prediction
+
+
+def _rows(columns) -> int:
+    if isinstance(columns, MatrixBatch):
+        return columns.matrix.shape[0]
+    return len(next(iter(columns.values())))
 
 
 class MicroBatcher:
@@ -28,68 +38,94 @@ class MicroBatcher:
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000
         self.run_inline = run_inline
         self.on_batch = on_batch
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.task: asyncio.Task | None = None
+        self.pending: list[tuple[dict, asyncio.Future, int]] = []
+        self.scheduled = False
+        self.busy = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        """Run what is still pending, so that no accepted request is left unanswered."""
+        while self.pending or self.busy:
+            if self.pending and not self.busy:
+                self._run()
+            await asyncio.sleep(0.001)
 
     async def submit(self, columns: dict[str, np.ndarray]) -> Prediction:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((columns, future))
+        loop = self.loop or asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((columns, future, _rows(columns)))
+        if not self.scheduled and not self.busy:
+            self.scheduled = True
+            if self.max_wait_s > 0:
+                loop.call_later(self.max_wait_s, self._run)
+            else:
+                loop.call_soon(self._run)
         return await future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            first = await self.queue.get()
-            items = [first]
-            rows = len(next(iter(first[0].values())))
-            deadline = loop.time() + self.max_wait_s
-            while rows < self.max_batch:
-                if not self.queue.empty():
-                    item = self.queue.get_nowait()
-                elif self.max_wait_s > 0 and loop.time() < deadline:
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
-                    except TimeoutError:
-                        break
-                else:
-                    break
-                items.append(item)
-                rows += len(next(iter(item[0].values())))
-            await self._run_batch(items, rows, loop)
+    def _take(self) -> tuple[list, int]:
+        items, rows = [], 0
+        while self.pending and (not items or rows + self.pending[0][2] <= self.max_batch):
+            item = self.pending.pop(0)
+            items.append(item)
+            rows += item[2]
+        return items, rows
 
-    async def _run_batch(self, items: list, rows: int, loop: asyncio.AbstractEventLoop) -> None:
-        if len(items) == 1:
-            merged = items[0][0]
-        else:
-            merged = {c: np.concatenate([cols[c] for cols, _ in items]) for c in self.columns}
-        try:
-            if self.run_inline:
-                result = self.predict(merged)
-            else:
-                result = await loop.run_in_executor(None, self.predict, merged)
-        except Exception as error:  # the model failed: each waiting request gets the error
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(error)
+    def _run(self) -> None:
+        self.scheduled = False
+        if self.busy or not self.pending:
             return
+        items, rows = self._take()
+        merged = self._merge(items)
+        if self.run_inline:
+            try:
+                result = self.predict(merged)
+            except Exception as error:  # the model failed: each waiting request gets the error
+                self._fail(items, error)
+            else:
+                self._deliver(items, rows, result)
+            self._reschedule()
+            return
+        self.busy = True
+        task = self.loop.run_in_executor(None, self.predict, merged)
+        task.add_done_callback(lambda done: self._executor_done(done, items, rows))
+
+    def _executor_done(self, done: asyncio.Future, items: list, rows: int) -> None:
+        self.busy = False
+        if done.exception() is not None:
+            self._fail(items, done.exception())
+        else:
+            self._deliver(items, rows, done.result())
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        if self.pending and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run)
+
+    def _merge(self, items: list):
+        if len(items) == 1:
+            return items[0][0]
+        if all(isinstance(cols, MatrixBatch) for cols, _, _ in items):
+            return MatrixBatch(items[0][0].names, np.concatenate([cols.matrix for cols, _, _ in items]))
+        return {c: np.concatenate([cols[c] for cols, _, _ in items]) for c in self.columns}
+
+    @staticmethod
+    def _fail(items: list, error: BaseException) -> None:
+        for _, future, _ in items:
+            if not future.done():
+                future.set_exception(error)
+
+    def _deliver(self, items: list, rows: int, result: Prediction) -> None:
         self.on_batch(rows)
         start = 0
-        for cols, future in items:
-            n = len(next(iter(cols.values())))
-            part = Prediction(result.labels[start:start + n],
-                              None if result.probabilities is None else result.probabilities[start:start + n],
-                              result.classes)
-            start += n
+        for _, future, n in items:
             if not future.done():
-                future.set_result(part)
+                future.set_result(Prediction(
+                    result.labels[start:start + n],
+                    None if result.probabilities is None else result.probabilities[start:start + n],
+                    result.classes,
+                ))
+            start += n

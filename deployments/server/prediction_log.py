@@ -21,6 +21,7 @@ in requests (the ``*_rows`` keys count the same in rows).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -28,11 +29,12 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 INPUT_PREFIX = "input."
 BASE_COLUMNS = ("request_id", "time", "model", "version", "row", "prediction")
 _HOUR_FORMAT = "%Y-%m-%dT%H"
+_POLL_S = 0.05  # how often the writer looks at the queue; close() wakes it at once
 _IDLE_WAIT_S = 0.5  # how long the writer sleeps on an empty queue before re-checking for close
 _MAX_ATTEMPTS = 2  # a batch is written at most twice: the first flush and one retry
 _WAKE = object()  # put by close() to wake a writer waiting on an empty queue
@@ -51,6 +54,34 @@ _WAKE = object()  # put by close() to wake a writer waiting on an empty queue
 # What the hot path enqueues per request, as a plain tuple (cheapest to build):
 # (request_id, received_at, columns, predictions, probabilities, n_rows)
 _Request = tuple[str, float, dict[str, Sequence[Any]], Sequence[Any], Sequence[Any] | None, int]
+
+
+class MatrixColumns(Mapping):
+    """Input columns held as one [rows, columns] matrix: handed over on the hot path without
+    splitting it, and stacked with its neighbours in one step by the writer."""
+
+    __slots__ = ("names", "matrix", "_index")
+
+    def __init__(self, names: Sequence[str], matrix: np.ndarray) -> None:
+        self.names, self.matrix = tuple(names), matrix
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.matrix[:, self._index[name]]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@functools.lru_cache(maxsize=64)
+def _hour_partition(hours_since_epoch: int) -> str:
+    return datetime.fromtimestamp(hours_since_epoch * 3600, UTC).strftime(_HOUR_FORMAT)
 
 
 class _Pending:
@@ -62,7 +93,7 @@ class _Pending:
         self.request = request
         self.attempts = 0
         try:
-            self.hour = datetime.fromtimestamp(request[1], UTC).strftime(_HOUR_FORMAT)
+            self.hour = _hour_partition(int(request[1] // 3600))
         except Exception:  # a bad timestamp: its own group, whose write fails and is counted
             self.hour = "invalid"
 
@@ -161,8 +192,9 @@ class PredictionLog:
         Raises ValueError only for a malformed request (lengths that disagree).
         """
         n = len(predictions)
-        for values in columns.values():
-            if len(values) != n:
+        lengths = [columns.matrix.shape[0]] if isinstance(columns, MatrixColumns) else map(len, columns.values())
+        for length in lengths:
+            if length != n:
                 raise ValueError(f"request {request_id!r}: every column needs {n} values, one per prediction")
         if probabilities is not None and len(probabilities) != n:
             raise ValueError(f"request {request_id!r}: probabilities need {n} rows, one per prediction")
@@ -259,8 +291,12 @@ class PredictionLog:
                     return
                 now = time.monotonic()
                 wait = _IDLE_WAIT_S if not buffer else max(0.0, oldest + self.flush_interval_s - now)
+                if wait > 0:
+                    # Sleep instead of blocking on the queue: a blocked get() wakes this thread on
+                    # every put, and each wake fights the event loop for the GIL (p99 latency).
+                    self._stop.wait(min(wait, _POLL_S))
                 try:
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     item = _WAKE
                 while item is not _WAKE:
@@ -383,7 +419,8 @@ def _to_table(model: str, version: str, requests: list[_Request]) -> pa.Table:
         request_ids.extend([str(request_id)] * n)
         times_us.extend([round(received_at * 1_000_000)] * n)
         row_index.extend(range(n))
-        predictions.extend(preds)
+        if not isinstance(preds, np.ndarray):
+            predictions.extend(preds)
         names.update(dict.fromkeys(columns))
         any_probability = any_probability or probs is not None
     total = len(request_ids)
@@ -394,14 +431,38 @@ def _to_table(model: str, version: str, requests: list[_Request]) -> pa.Table:
         "version": pa.array([version] * total, type=pa.string()),
         "row": pa.array(row_index, type=pa.int64()),
     }
+    blocks = [request[2] for request in requests]
+    if all(isinstance(b, MatrixColumns) and b.names == blocks[0].names for b in blocks):
+        stacked = np.concatenate([b.matrix for b in blocks])
+        for i, name in enumerate(blocks[0].names):
+            data[f"{INPUT_PREFIX}{name}"] = _column(stacked[:, i])
+        names = {}
     for name in names:
+        parts = [columns.get(name) for _, _, columns, _, _, _ in requests]
+        if all(isinstance(part, np.ndarray) for part in parts):
+            # The server hands over numpy arrays: one concatenation, no per-value Python loop.
+            merged = np.concatenate(parts)
+            data[f"{INPUT_PREFIX}{name}"] = _column(merged.tolist() if merged.dtype == object else merged)
+            continue
         values: list[Any] = []
-        for _, _, columns, _, _, n in requests:
-            got = columns.get(name)
-            values.extend(got if got is not None else [None] * n)
+        for part, (*_, n) in zip(parts, requests, strict=True):
+            values.extend(part if part is not None else [None] * n)
         data[f"{INPUT_PREFIX}{name}"] = _column(values)
-    data["prediction"] = _column(predictions)
-    if any_probability:
+    pred_parts = [request[3] for request in requests]
+    if all(isinstance(part, np.ndarray) for part in pred_parts):
+        merged_predictions = np.concatenate(pred_parts)
+        data["prediction"] = _column(merged_predictions.tolist() if merged_predictions.dtype == object else merged_predictions)
+    else:
+        data["prediction"] = _column(predictions)
+    prob_parts = [request[4] for request in requests]
+    if prob_parts and all(isinstance(p, np.ndarray) and p.ndim == 2 for p in prob_parts) \
+            and len({p.shape[1] for p in prob_parts}) == 1:
+        # One vectorised list column instead of a Python list per row.
+        flat = np.concatenate(prob_parts).astype(np.float64)
+        width = flat.shape[1]
+        offsets = pa.array(np.arange(0, flat.size + 1, width, dtype=np.int32))
+        data["probability"] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1)))
+    elif any_probability:
         probabilities: list[Any] = []
         for *_, probs, n in requests:
             probabilities.extend(probs if probs is not None else [None] * n)

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address every server binds to.")
     prefect_port: int = Field(4200, description="Prefect API and UI port.")
     mlflow_port: int = Field(5000, description="MLflow tracking server and registry port.")
+    bridge_port: int = Field(4400, description="Registry webhook → Prefect event bridge port.")
     database_url: SecretStr | None = Field(
         None,
         description=(
@@ -128,6 +129,7 @@ class Settings(BaseSettings):
             "MODELYARD_HOST": self.host,
             "MODELYARD_PREFECT_PORT": str(self.prefect_port),
             "MODELYARD_MLFLOW_PORT": str(self.mlflow_port),
+            "MODELYARD_BRIDGE_PORT": str(self.bridge_port),
             "MODELYARD_WORK_POOL": self.work_pool,
         }
         for name in ("database_url", "api_token", "webhook_secret", "ledger_key"):

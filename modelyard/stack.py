@@ -27,7 +27,8 @@ from modelyard.settings import Settings
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
 PREFECT_WORKER = "prefect-worker"
-PROCESS_COMPONENTS = (PREFECT_WORKER, MLFLOW_SERVER, PREFECT_SERVER)  # stop order
+REGISTRY_BRIDGE = "registry-bridge"
+PROCESS_COMPONENTS = (PREFECT_WORKER, REGISTRY_BRIDGE, MLFLOW_SERVER, PREFECT_SERVER)  # stop order
 
 Progress = Callable[[str], None]
 
@@ -110,6 +111,12 @@ class Stack:
         except httpx.HTTPError:
             return False
 
+    def bridge_healthy(self) -> bool:
+        try:
+            return httpx.get(f"http://{self.settings.host}:{self.settings.bridge_port}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def _client(self):
         from prefect.client.orchestration import SyncPrefectClient
 
@@ -179,6 +186,12 @@ class Stack:
             self._progress(f"starting {PREFECT_WORKER} for pool '{self.settings.work_pool}'")
             worker = self.processes.start(PREFECT_WORKER, self._worker_command(), self._base_env(), self.settings.project_dir)
         self._wait_healthy(PREFECT_WORKER, worker, self.worker_online)
+        bridge = self._start_server(REGISTRY_BRIDGE, self.settings.bridge_port,
+                                    [sys.executable, "-m", "deployments.bridge"], self._base_env())
+        self._wait_healthy(REGISTRY_BRIDGE, bridge, self.bridge_healthy)
+        from modelyard.webhooks import ensure_registry_webhook
+
+        ensure_registry_webhook(self.settings)
         self._ensure_deployments()
         return self.status()
 
@@ -213,7 +226,7 @@ class Stack:
             raise StackError(
                 f"{name} cannot start: port {port} on {self.settings.host} is taken by a process "
                 f"this stack did not start. Stop it or choose another port "
-                f"(MODELYARD_{'PREFECT' if name == PREFECT_SERVER else 'MLFLOW'}_PORT)."
+                f"(MODELYARD_{ {PREFECT_SERVER: 'PREFECT', MLFLOW_SERVER: 'MLFLOW'}.get(name, 'BRIDGE') }_PORT)."
             )
         self._progress(f"starting {name} on {self.settings.host}:{port}")
         return self.processes.start(name, command, env, self.settings.project_dir)
@@ -320,8 +333,9 @@ class Stack:
             PREFECT_SERVER: (self.settings.prefect_ui_url, self.prefect_healthy),
             MLFLOW_SERVER: (self.settings.mlflow_url, self.mlflow_healthy),
             PREFECT_WORKER: (f"pool '{self.settings.work_pool}'", self.worker_online),
+            REGISTRY_BRIDGE: (f"http://{self.settings.host}:{self.settings.bridge_port}", self.bridge_healthy),
         }
-        for name in (PREFECT_SERVER, MLFLOW_SERVER, PREFECT_WORKER):
+        for name in (PREFECT_SERVER, MLFLOW_SERVER, PREFECT_WORKER, REGISTRY_BRIDGE):
             url, check = checks[name]
             record = self.processes.alive(name)
             if record is None:

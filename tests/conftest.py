@@ -25,6 +25,7 @@ def make_settings(state_dir: Path, **overrides) -> Settings:
         state_dir=state_dir,
         prefect_port=free_port(),
         mlflow_port=free_port(),
+        bridge_port=free_port(),
         worker_query_seconds=1.0,
         **overrides,
     )

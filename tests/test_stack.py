@@ -96,9 +96,9 @@ def test_down_stops_everything_it_started_and_nothing_else(tmp_path):
     try:
         stack.up()
         pids = stack_pids(stack)
-        assert len(pids) >= 3
+        assert len(pids) >= 4
         stopped = stack.down()
-        assert set(stopped) == {"prefect-server", "mlflow-server", "prefect-worker"}
+        assert set(stopped) == {"prefect-server", "mlflow-server", "prefect-worker", "registry-bridge"}
         assert alive(pids) == set()
         assert bystander.poll() is None
         assert not port_in_use("127.0.0.1", settings.prefect_port)

@@ -290,3 +290,24 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_the_log(stack_env, m
     version = models["onnx"].rsplit("/", 1)[1]
     logged = read_prediction_log(stack_env.settings.prediction_log_dir, "fraud-serve", version)
     assert set(ids) <= set(logged["request_id"])
+
+
+def test_tampered_artifact_refuses_to_serve(stack_env, models, tmp_path):
+    """The served files must hash to the sha256 recorded at registration."""
+    from deployments.server.main import resolve_model_dir
+
+    name, version = models["onnx"].removeprefix("models:/").split("/")
+    cached = resolve_model_dir(models["onnx"], stack_env.settings)
+    onnx_file = next(cached.rglob("model.onnx"))
+    original = onnx_file.read_bytes()
+    onnx_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        env = stack_env.settings.child_env() | {"MODELYARD_API_TOKEN": TOKEN}
+        with pytest.raises(RuntimeError, match="refusing to serve a tampered artifact"):
+            start_server(models["onnx"], env, tmp_path / "tampered.log")
+    finally:
+        onnx_file.write_bytes(original)
+    # Restored files serve again.
+    process = start_server(models["onnx"], stack_env.settings.child_env() | {"MODELYARD_API_TOKEN": TOKEN},
+                           tmp_path / "restored.log")
+    assert process.stop() in GRACEFUL_EXIT

@@ -8,6 +8,33 @@ from pathlib import Path
 from modelyard.settings import Settings
 
 
+class IntegrityError(ValueError):
+    """The model files are not the ones that were registered: refuse to serve them."""
+
+
+def registered_digest(model: str, settings: Settings) -> tuple[str, str, str | None]:
+    """(name, version, recorded artifact sha256) of a ``models:/name/version`` or ``@alias`` URI."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
+    reference = model.removeprefix("models:/").strip("/")
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, number = reference.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    return version.name, str(version.version), version.tags.get("modelyard.artifact_sha256")
+
+
+def verify_integrity(loaded_digest: str, expected: str | None, model: str) -> None:
+    if expected is None:
+        raise IntegrityError(f"{model} has no recorded artifact sha256 (modelyard.artifact_sha256): refusing to serve")
+    if loaded_digest != expected:
+        raise IntegrityError(f"{model}: the files hash to {loaded_digest[:16]}…, the registry recorded "
+                             f"{expected[:16]}… at registration: refusing to serve a tampered artifact")
+
+
 def resolve_model_dir(model: str, settings: Settings) -> Path:
     """A local directory of the model: ``model`` itself if it is one, else a registry download
     (``models:/name/version``) cached under the state dir."""
@@ -27,7 +54,8 @@ def resolve_model_dir(model: str, settings: Settings) -> Path:
     return target
 
 
-def build_app(model_dir: Path, settings: Settings, model: str = "", version: str = "", log_predictions: bool = True):
+def build_app(model_dir: Path, settings: Settings, model: str = "", version: str = "", log_predictions: bool = True,
+              expected_digest: str | None = None, verify: bool = False):
     from deployments.server.app import InferenceApp, ServerConfig
     from deployments.server.model_runtime import ModelRuntime
     from deployments.server.prediction_log import PredictionLog
@@ -37,6 +65,8 @@ def build_app(model_dir: Path, settings: Settings, model: str = "", version: str
         raise ValueError("no MODELYARD_API_TOKEN is set: set one, or MODELYARD_SERVE_ANONYMOUS=true to serve "
                          "without authentication (demo only)")
     runtime = ModelRuntime(model_dir, model=model, version=version)
+    if verify:
+        verify_integrity(runtime.info.artifact_sha256, expected_digest, f"{runtime.info.model} v{runtime.info.version}")
     runtime.warm_up()
     log = None
     if log_predictions:
@@ -60,6 +90,12 @@ def serve(model: str, settings: Settings, port: int, host: str | None = None, ve
           log_predictions: bool = True) -> None:
     import uvicorn
 
-    app = build_app(resolve_model_dir(model, settings), settings, version=version, log_predictions=log_predictions)
+    if model.startswith("models:/"):
+        name, number, expected = registered_digest(model, settings)
+        model_dir = resolve_model_dir(f"models:/{name}/{number}", settings)
+        app = build_app(model_dir, settings, model=name, version=number, log_predictions=log_predictions,
+                        expected_digest=expected, verify=True)
+    else:
+        app = build_app(resolve_model_dir(model, settings), settings, version=version, log_predictions=log_predictions)
     uvicorn.run(app, host=host or settings.host, port=port, loop="uvloop", http="httptools", lifespan="on",
                 access_log=False, log_level="warning", timeout_graceful_shutdown=30)

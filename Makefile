@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TEST_PACKAGES := postgresql chromium
+TEST_PACKAGES := postgresql chromium nginx wrk
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving

@@ -131,6 +131,7 @@ class Settings(BaseSettings):
             "MODELYARD_MLFLOW_PORT": str(self.mlflow_port),
             "MODELYARD_BRIDGE_PORT": str(self.bridge_port),
             "MODELYARD_WORK_POOL": self.work_pool,
+            "MODELYARD_SERVE_ANONYMOUS": str(self.serve_anonymous).lower(),
         }
         for name in ("database_url", "api_token", "webhook_secret", "ledger_key"):
             value = getattr(self, name)

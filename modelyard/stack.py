@@ -23,6 +23,7 @@ import yaml
 
 from modelyard.processes import ProcessRecord, ProcessTable, port_in_use
 from modelyard.settings import Settings
+from modelyard.webhooks import ensure_registry_webhook, mlflow_secret_encryption_key
 
 PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
@@ -91,6 +92,7 @@ class Stack:
                 "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                 # The job runner starts 7 extra processes we do not use on 2 cores.
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": mlflow_secret_encryption_key(self.settings),
             }
         )
         return env
@@ -189,9 +191,11 @@ class Stack:
         bridge = self._start_server(REGISTRY_BRIDGE, self.settings.bridge_port,
                                     [sys.executable, "-m", "deployments.bridge"], self._base_env())
         self._wait_healthy(REGISTRY_BRIDGE, bridge, self.bridge_healthy)
-        from modelyard.webhooks import ensure_registry_webhook
-
-        ensure_registry_webhook(self.settings)
+        try:
+            ensure_registry_webhook(self.settings)
+        except Exception as error:  # MLflow answers, but not for webhooks: say so, with the log
+            raise StackError(f"registering the MLflow registry webhook failed: {error}. "
+                             f"MLflow's log: {self.processes.log_path(MLFLOW_SERVER)}") from error
         self._ensure_deployments()
         return self.status()
 
@@ -319,8 +323,22 @@ class Stack:
     # -- down and status ---------------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Stop the processes this stack started; return the names of those that were running."""
+        """Stop the processes this stack started — model servers and nginx of deployments too;
+        return the names of those that were running."""
+        from deployments.traffic.nginx import NginxRouter
+
         stopped = []
+        serving = ProcessTable(self.settings.state_dir / "serving" / "run", self.settings.logs_dir)
+        for pid_file in sorted((self.settings.state_dir / "serving" / "run").glob("*.pid.json")):
+            name = pid_file.name.removesuffix(".pid.json")
+            if serving.stop(name):
+                self._progress(f"stopped {name}")
+                stopped.append(name)
+        router = NginxRouter(self.settings)
+        if router.running():
+            router.stop()
+            self._progress("stopped nginx")
+            stopped.append("nginx")
         for name in PROCESS_COMPONENTS:
             if self.processes.stop(name):
                 self._progress(f"stopped {name}")

@@ -10,17 +10,32 @@ from modelyard.settings import Settings
 WEBHOOK_NAME = "modelyard-registry-bridge"
 
 
+def _kept_secret(path, make) -> str:
+    """A secret generated once by ``make`` and kept in ``path`` (mode 0600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()
+
+
 def webhook_secret(settings: Settings) -> str:
     """The configured secret, else one generated once and kept (mode 0600) in the state dir."""
     if settings.webhook_secret is not None:
         return settings.webhook_secret.get_secret_value()
-    path = settings.run_dir / "webhook_secret"
-    if not path.exists():
-        settings.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return _kept_secret(settings.run_dir / "webhook_secret", lambda: secrets.token_urlsafe(32))
+
+
+def mlflow_secret_encryption_key(settings: Settings) -> str:
+    """The Fernet key MLflow encrypts stored webhook secrets with. Without a stable key MLflow
+    makes a new one per start and can no longer read the webhooks it stored (HTTP 500)."""
+    from cryptography.fernet import Fernet
+
+    return _kept_secret(settings.run_dir / "mlflow_webhook_key", lambda: Fernet.generate_key().decode())
 
 
 def bridge_url(settings: Settings) -> str:

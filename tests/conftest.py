@@ -58,7 +58,8 @@ def alive(pids: set[int]) -> set[int]:
 @pytest.fixture(scope="session")
 def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real embedded stack on SQLite, shared by the tests of one session."""
-    stack = Stack(make_settings(tmp_path_factory.mktemp("stack-sqlite") / "state"))
+    # Deploys started by registry events serve without a token here (the demo's choice).
+    stack = Stack(make_settings(tmp_path_factory.mktemp("stack-sqlite") / "state", serve_anonymous=True))
     try:
         stack.up()
         yield stack

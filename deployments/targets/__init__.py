@@ -1,0 +1,1 @@
+"""Where a model version runs: behind one interface (start, stop, health)."""

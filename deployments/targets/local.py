@@ -1,0 +1,93 @@
+"""The ``local`` target: each model version is a supervised `modelyard serve` process on a
+loopback port, started, health-checked and stopped like the stack's own components."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from modelyard.processes import ProcessTable
+from modelyard.settings import Settings
+
+
+class TargetError(RuntimeError):
+    """A version could not be started or did not become ready; the message says why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    model: str
+    version: str
+    url: str
+    port: int
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalTarget:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.state_dir / "serving"
+        self.processes = ProcessTable(self.root / "run", settings.logs_dir)
+
+    @staticmethod
+    def process_name(model: str, version: str) -> str:
+        return f"serve-{model}-v{version}"
+
+    def _ports_path(self, model: str) -> Path:
+        return self.root / f"{model}.ports.json"
+
+    def _ports(self, model: str) -> dict[str, int]:
+        try:
+            return json.loads(self._ports_path(model).read_text())
+        except FileNotFoundError:
+            return {}
+
+    def endpoint(self, model: str, version: str) -> Endpoint | None:
+        """The running endpoint of a version, if its process is alive."""
+        port = self._ports(model).get(version)
+        if port is None or self.processes.alive(self.process_name(model, version)) is None:
+            return None
+        return Endpoint(model, version, f"http://{self.settings.host}:{port}", port)
+
+    def start(self, model: str, version: str, timeout_s: float = 120) -> Endpoint:
+        """Start ``models:/model/version`` (integrity-checked by the server) and wait until ready."""
+        running = self.endpoint(model, version)
+        if running is not None:
+            return running
+        port = _free_port(self.settings.host)
+        name = self.process_name(model, version)
+        env = {**self.settings.child_env(), **self.settings.prefect_client_env(), "PATH": str(Path(sys.executable).parent)}
+        record = self.processes.start(
+            name, [sys.executable, "-m", "modelyard.cli", "serve", f"models:/{model}/{version}", "--port", str(port)],
+            env, self.settings.project_dir,
+        )
+        ports = self._ports(model) | {version: port}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._ports_path(model).write_text(json.dumps(ports))
+        url = f"http://{self.settings.host}:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if record.process() is None:
+                raise TargetError(f"{model} v{version} exited during start-up: {self.processes.tail(name, 5)}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    return Endpoint(model, version, url, port)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop(model, version)
+        raise TargetError(f"{model} v{version} was not ready after {timeout_s:.0f} s; log {self.processes.log_path(name)}")
+
+    def stop(self, model: str, version: str) -> bool:
+        return self.processes.stop(self.process_name(model, version))

@@ -1,0 +1,1 @@
+"""How traffic reaches model versions: a stable endpoint per model."""

@@ -26,7 +26,8 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/modelyard demo
+	bash infra/scripts/install-system-packages.sh nginx
+	MODELYARD_SERVE_ANONYMOUS=$${MODELYARD_SERVE_ANONYMOUS:-true} $(BIN)/modelyard demo
 
 system-deps:
 	bash infra/scripts/install-system-packages.sh $(TEST_PACKAGES)

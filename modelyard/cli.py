@@ -156,6 +156,23 @@ def serve(
 DEMO_SPEC = "specs/fraud.yaml"
 
 
+def _wait_for_deploy(settings, model: str, version: str, timeout_s: float = 180) -> str | None:
+    """The stable endpoint once the event-triggered deploy serves ``version``, else None."""
+    import time
+
+    from deployments.strategies import wait_serving
+
+    path = settings.state_dir / "serving" / f"{model}.active.json"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            active = json.loads(path.read_text())
+            if active.get("version") == version and wait_serving(settings, active["endpoint"], version, 5):
+                return active["endpoint"]
+        time.sleep(2)
+    return None
+
+
 @app.command("demo")
 def demo() -> None:
     """Bring the stack up, run the smoke flow, and train the demo fraud model's first champion."""
@@ -187,6 +204,12 @@ def demo() -> None:
     model = load_spec(spec_path).name
     snapshot = registry_snapshot(tracking_client(settings), model)
     console.print(f"registry: {model} versions {snapshot['versions']}, aliases {snapshot['aliases']}")
+    champion = snapshot["aliases"].get("champion")
+    endpoint = _wait_for_deploy(settings, model, champion) if champion else None
+    if endpoint:
+        console.print(f"deployed by the alias event alone: {model} v{champion} serving at {endpoint}/invocations")
+    else:
+        console.print(f"[yellow]{model} v{champion} is not serving yet; see `modelyard audit show --subject {model}/{champion}`[/yellow]")
     verification = ledger_from_settings(settings).verify()
     console.print(f"audit ledger: {verification.records} records, {'verified' if verification.ok else verification.problem}")
     console.print(f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_url}/#/models/{model}")

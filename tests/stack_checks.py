@@ -29,9 +29,8 @@ def assert_smoke_flow_runs_and_audits(stack: Stack):
     before = len(ledger.records())
     flow_run = run_deployment_and_wait(stack.settings, "smoke/smoke", timeout_s=240)
     assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
-    records = ledger.records()
-    assert len(records) == before + 1
-    assert records[-1]["action"] == "stack.smoke"
-    assert records[-1]["actor"] == f"flow:smoke/{flow_run.id}"
+    # Other flows (event-triggered deploys) may write to the ledger at the same time.
+    mine = [r for r in ledger.records()[before:] if r["actor"] == f"flow:smoke/{flow_run.id}"]
+    assert [r["action"] for r in mine] == ["stack.smoke"]
     assert ledger.verify().ok
     return flow_run

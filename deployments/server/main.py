@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from modelyard.integrity import artifact_digest
 from modelyard.settings import Settings
 
 
@@ -64,9 +65,11 @@ def build_app(model_dir: Path, settings: Settings, model: str = "", version: str
     if token is None and not settings.serve_anonymous:
         raise ValueError("no MODELYARD_API_TOKEN is set: set one, or MODELYARD_SERVE_ANONYMOUS=true to serve "
                          "without authentication (demo only)")
-    runtime = ModelRuntime(model_dir, model=model, version=version)
+    # Hash before loading anything: loading a pyfunc model runs its code.
+    digest = artifact_digest(model_dir)
     if verify:
-        verify_integrity(runtime.info.artifact_sha256, expected_digest, f"{runtime.info.model} v{runtime.info.version}")
+        verify_integrity(digest, expected_digest, f"{model or model_dir.name} v{version}")
+    runtime = ModelRuntime(model_dir, model=model, version=version, artifact_sha256=digest)
     runtime.warm_up()
     log = None
     if log_predictions:

@@ -70,7 +70,7 @@ def _find(model_dir: Path, name: str) -> Path | None:
 class ModelRuntime:
     """Loads a model version directory and predicts on columns of rows."""
 
-    def __init__(self, model_dir: Path, model: str = "", version: str = "") -> None:
+    def __init__(self, model_dir: Path, model: str = "", version: str = "", artifact_sha256: str | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.columns = read_signature(self.model_dir)
         serving_path = _find(self.model_dir, "serving.json")
@@ -80,7 +80,7 @@ class ModelRuntime:
             model=model or meta.get("model_name", self.model_dir.name),
             version=str(version or meta.get("model_version", "0")),
             run_id=self._run_id(),
-            artifact_sha256=artifact_digest(self.model_dir),
+            artifact_sha256=artifact_sha256 or artifact_digest(self.model_dir),
             serving_format="onnx" if self.serving.get("format") == "onnx" and _find(self.model_dir, "model.onnx") else "pyfunc",
         )
         self.classes: list | None = None

@@ -295,7 +295,3 @@ def _is_float(value: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TEST_PACKAGES := postgresql chromium nginx wrk
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving
+.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout
 
 help:
 	@echo "make demo    set everything up, start the stack, run the lifecycle demo"
@@ -55,3 +55,7 @@ clean: stack-down
 bench-serving: install
 	bash infra/scripts/install-system-packages.sh wrk
 	$(BIN)/python infra/bench/serving.py
+
+bench-rollout: install
+	bash infra/scripts/install-system-packages.sh wrk nginx
+	MODELYARD_SERVE_ANONYMOUS=true $(BIN)/python infra/bench/rollout.py

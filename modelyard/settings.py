@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     serve_max_rows: int = Field(10_000, description="More rows in one request get 413.")
     prediction_log_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged.")
     prediction_log_queue: int = Field(10_000, ge=1, description="Requests the log queue holds before dropping.")
+    docker_base_image: str = Field(
+        "python:3.11-slim",
+        description="Base of every model image; `infra/docker/build-base-image.sh` builds a local one offline.",
+    )
+    kubernetes_context: str | None = Field(None, description="kubeconfig context the kubernetes target uses.")
     ledger_key: SecretStr | None = Field(
         None, description="HMAC key that signs the audit ledger's head checkpoint."
     )

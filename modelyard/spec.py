@@ -86,11 +86,60 @@ class MetricsSpec(_Strict):
     slices: list[str] = Field(default_factory=list)
 
 
+class GateSpec(_Strict):
+    """What a new version must show, on live traffic, before it gets more of it."""
+
+    min_requests: int = Field(20, ge=1, description="Requests the new version must answer before it is judged.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of 5xx answers (and dropped connections).")
+    max_p99_ms: float | None = Field(None, gt=0, description="Absolute p99 latency ceiling of the new version.")
+    max_p99_ratio: float = Field(3.0, gt=0, description="New version's p99 over the serving version's p99.")
+    min_agreement: float = Field(0.9, ge=0, le=1, description="Share of the same requests both versions answer alike.")
+    max_prediction_psi: float = Field(0.25, ge=0, description="PSI of the new version's predictions against the serving one's.")
+    regression_tolerance: float = Field(0.1, ge=0, description="Relative difference under which two regression outputs agree.")
+
+
+class RolloutSpec(_Strict):
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100], description="Canary traffic percentages, last one 100.")
+    bake_s: float = Field(20.0, ge=0, description="How long each canary step runs before its gates are judged.")
+    shadow_s: float = Field(30.0, ge=0, description="How long a shadow version receives mirrored traffic.")
+    gates: GateSpec = Field(default_factory=GateSpec)
+
+    @model_validator(mode="after")
+    def _steps_end_at_100(self) -> RolloutSpec:
+        if not self.steps or self.steps[-1] != 100 or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
+            raise ValueError("rollout.steps must rise within 1..100 and end at 100")
+        return self
+
+
+class Toleration(_Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubernetesSpec(_Strict):
+    """How a version runs on Kubernetes: resources, placement, scaling, disruption budget."""
+
+    namespace: str = "modelyard"
+    cpu: str = "500m"
+    memory: str = "1Gi"
+    gpu_count: int = Field(1, ge=0, description="nvidia.com/gpu per pod when serving.gpu is true.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(4, ge=1)
+    target_cpu_utilization: int = Field(70, ge=1, le=100)
+    min_available: int = Field(1, ge=0, description="PodDisruptionBudget: pods kept through voluntary disruptions.")
+
+
 class ServingSpec(_Strict):
     target: Literal["local", "docker", "kubernetes"] = "local"
     strategy: Literal["blue_green", "canary", "shadow"] = "canary"
     gpu: bool = False
     replicas: int = 1
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -257,17 +257,15 @@ class Stack:
         )
 
     def _ensure_work_pool(self) -> None:
-        from prefect.client.schemas.actions import WorkPoolCreate
-        from prefect.exceptions import ObjectNotFound
+        """The process pool the worker serves, plus the docker and gpu (kubernetes) pools whose
+        base job templates live in infra/work-pools/ (created or updated when they changed)."""
+        from modelyard.work_pools import ensure_work_pools
 
         with self._client() as client:
-            try:
-                client.read_work_pool(self.settings.work_pool)
-                return
-            except ObjectNotFound:
-                pass
-            self._progress(f"creating process work pool '{self.settings.work_pool}'")
-            client.create_work_pool(WorkPoolCreate(name=self.settings.work_pool, type="process"))
+            changes = ensure_work_pools(client, self.settings)
+        for pool, change in changes.items():
+            if change != "unchanged":
+                self._progress(f"work pool '{pool}': {change}")
 
     def _ensure_deployments(self) -> None:
         fingerprint_path = self.settings.run_dir / "deployments.json"

@@ -30,6 +30,7 @@ from tasks.lineage import git_commit, lock_hash, package_versions
 from tasks.model_card import model_card_markdown
 from tasks.onnx_export import export_with_parity, onnx_feed
 from tasks.registry import (
+    SPEC_ARTIFACT,
     CHAMPION, RegisteredVersion, alias_version, load_version, log_and_register, tracking_client,
 )
 from tasks.training import FeatureSet, model_inputs, train_model
@@ -182,6 +183,9 @@ def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[s
         lineage=lineage, client=client,
     )
     client.log_dict(registered.run_id, validation["expectations"], EXPECTATIONS_ARTIFACT)
+    # The deploy flow reads the serving section (target, strategy, gates) from here: a version
+    # carries the rollout plan it was built with, whatever the spec file says later.
+    client.log_dict(registered.run_id, spec.model_dump(mode="json"), SPEC_ARTIFACT)
     return registered, card
 
 

@@ -103,6 +103,26 @@ def log_and_register(
     return RegisteredVersion(model_name, str(version.version), run.info.run_id, info.model_uri, digest, serving["format"])
 
 
+SPEC_ARTIFACT = "spec/spec.json"
+
+
+def version_spec(client: MlflowClient, model_name: str, version: str):
+    """The model spec a version was built from (``None`` for versions registered without one)."""
+    from modelyard.spec import SpecError, parse_spec
+
+    run_id = client.get_model_version(model_name, version).run_id
+    try:
+        raw = mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPEC_ARTIFACT}") if run_id else None
+    except Exception:  # noqa: BLE001 - no artifact (e.g. a version logged by hand)
+        return None
+    if raw is None:
+        return None
+    try:
+        return parse_spec(raw, origin=f"{model_name} v{version} {SPEC_ARTIFACT}")
+    except SpecError:
+        return None
+
+
 def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
     """The version an alias points at, or None when the model or alias does not exist."""
     try:

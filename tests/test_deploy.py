@@ -1,18 +1,23 @@
-"""Deployment from the registry event alone, blue/green under load with zero failed requests,
-and automatic rollback when a version must not serve — on real Prefect, MLflow and nginx."""
+"""Deployment from the registry event alone; blue/green, canary and shadow under load with zero
+failed requests; automatic rollback of broken versions (no health, 20% errors, 10x slower) and a
+manual rollback — on real Prefect, MLflow, nginx and server processes."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from deployments.strategies import RolloutFailed, active_version
+from deployments.strategies import RolloutFailed, active_version, history
+from tests.broken_models import register_faulty_version
 from modelyard.ledger import ledger_from_settings
 from modelyard.stack import Stack
 
@@ -38,16 +43,18 @@ class Load:
     def __init__(self, url: str, body: dict) -> None:
         self.url, self.body = url, body
         self.statuses: list[int | str] = []
-        self.versions: set[str] = set()
+        self.request_ids: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         with httpx.Client(timeout=10) as client:
             while not self._stop.is_set():
+                request_id = uuid.uuid4().hex
                 try:
-                    response = client.post(f"{self.url}/invocations", json=self.body)
+                    response = client.post(f"{self.url}/invocations", json=self.body, headers={"X-Request-ID": request_id})
                     self.statuses.append(response.status_code)
+                    self.request_ids.append(request_id)
                 except httpx.HTTPError as error:
                     self.statuses.append(type(error).__name__)
 
@@ -60,10 +67,31 @@ class Load:
         self._thread.join(timeout=30)
 
 
+def _body() -> dict:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    return {"dataframe_split": {"columns": list(frame.columns), "data": frame.head(1).values.tolist()}}
+
+
+def _endpoint(stack: Stack) -> str:
+    return json.loads((stack.settings.state_dir / "serving" / "deploy-bc.active.json").read_text())["endpoint"]
+
+
+def _counts(statuses: list) -> dict:
+    return {s: statuses.count(s) for s in set(statuses)}
+
+
 @pytest.fixture(scope="module")
 def spec_path(tmp_path_factory) -> Path:
     spec = yaml.safe_load((SPECS / "breast_cancer.yaml").read_text())
     spec["name"] = "deploy-bc"
+    # Blue/green when the champion alias moves; the canary and shadow tests ask for their
+    # strategy explicitly, with short bakes.
+    spec["serving"] = {"strategy": "blue_green", "rollout": {
+        "steps": [25, 100], "bake_s": 3, "shadow_s": 4,
+        "gates": {"min_requests": 20, "max_error_rate": 0.01, "max_p99_ratio": 5.0, "min_agreement": 0.95}}}
     path = tmp_path_factory.mktemp("deploy") / "deploy-bc.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -78,12 +106,7 @@ def test_champion_alias_alone_deploys_then_blue_green_switch_fails_no_request(st
     url = active["endpoint"]
     assert httpx.get(f"{url}/version", timeout=5).json()["version"] == first["version"]
 
-    from sklearn.datasets import load_breast_cancer
-
-    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
-    frame.columns = [c.replace(" ", "_") for c in frame.columns]
-    body = {"dataframe_split": {"columns": list(frame.columns), "data": frame.head(1).values.tolist()}}
-    with Load(url, body) as load:
+    with Load(url, _body()) as load:
         second = model_pipeline(str(spec_path), promote_if_better=True)
         assert second["champion"] == second["version"] != first["version"]
         _wait_active(stack_env, "deploy-bc", second["version"])
@@ -123,3 +146,88 @@ def test_tampered_version_is_refused_and_rolled_back_while_the_champion_keeps_se
     assert httpx.get(f"{url}/version", timeout=5).json()["version"] == serving
     last = ledger_from_settings(stack_env.settings).records(subject=f"deploy-bc/{built['version']}")[-1]
     assert last["action"] == "deploy.rolled_back" and last["details"]["reason"]
+
+
+def test_canary_moves_a_good_version_through_weighted_steps_without_a_failed_request(stack_env: Stack, spec_path: Path):
+    from flows.build import build
+    from flows.deploy import deploy
+
+    serving = active_version(stack_env.settings, "deploy-bc")
+    built = build(str(spec_path))
+    url = _endpoint(stack_env)
+    with Load(url, _body()) as load:
+        result = deploy("deploy-bc", built["version"], strategy="canary")
+        time.sleep(1)
+    assert set(load.statuses) == {200}, _counts(load.statuses)
+    steps = {s["step"]: s for s in result["timeline"]}
+    assert steps["weight 25%"]["weights"] == {serving: 75, built["version"]: 25}
+    gates = {g["gate"]: g for g in steps["gates @ 25%"]["gates"]}
+    assert steps["gates @ 25%"]["ok"] and gates["requests"]["value"] >= 20
+    assert gates["agreement"]["value"] == 1.0 and gates["error_rate"]["value"] == 0
+    assert active_version(stack_env.settings, "deploy-bc") == built["version"]
+    assert httpx.get(f"{url}/version", timeout=5).json()["version"] == built["version"]
+
+
+@pytest.mark.parametrize(("fault", "expected"), [
+    ("crash", "exited during start-up"), ("errors", "error_rate"), ("slow", "p99"),
+])
+def test_canary_rolls_a_broken_version_back_by_itself(stack_env: Stack, spec_path: Path, fault: str, expected: str):
+    from flows.deploy import deploy
+
+    serving = active_version(stack_env.settings, "deploy-bc")
+    spec = yaml.safe_load(spec_path.read_text())
+    broken = register_faulty_version("deploy-bc", serving, fault, spec)
+    url = _endpoint(stack_env)
+    with Load(url, _body()) as load, pytest.raises(RolloutFailed) as failure:
+        deploy("deploy-bc", broken, strategy="canary")
+    assert expected in failure.value.reason, failure.value.reason
+    assert active_version(stack_env.settings, "deploy-bc") == serving
+    if fault == "crash":  # never received traffic
+        assert set(load.statuses) == {200}, _counts(load.statuses)
+    else:  # its canary share saw the fault; the rollback was measured
+        rolled = [s for s in failure.value.timeline if s["step"] == "rolled back"]
+        assert rolled and rolled[-1]["ok"] and rolled[-1]["weights"] == {serving: 100}
+    with httpx.Client(timeout=5) as client:
+        after = [client.post(f"{url}/invocations", json=_body()).status_code for _ in range(50)]
+        assert after == [200] * 50
+        assert client.get(f"{url}/version").json()["version"] == serving
+    last = ledger_from_settings(stack_env.settings).records(subject=f"deploy-bc/{broken}")[-1]
+    assert last["action"] == "deploy.rolled_back" and expected in last["details"]["reason"]
+    from tasks.registry import tracking_client
+
+    tags = tracking_client(stack_env.settings).get_model_version("deploy-bc", broken).tags
+    assert tags["modelyard.deploy_status"] == "rolled_back"
+
+
+def test_shadow_mirrors_traffic_without_touching_responses_then_switches(stack_env: Stack, spec_path: Path):
+    from flows.build import build
+    from flows.deploy import deploy
+    from deployments.server.prediction_log import read_prediction_log
+
+    serving = active_version(stack_env.settings, "deploy-bc")
+    built = build(str(spec_path))
+    url = _endpoint(stack_env)
+    with Load(url, _body()) as load:
+        result = deploy("deploy-bc", built["version"], strategy="shadow")
+        time.sleep(1)
+    assert set(load.statuses) == {200}, _counts(load.statuses)
+    gates = next(s for s in result["timeline"] if s["step"] == "shadow gates")
+    assert gates["ok"] and gates["compared_rows"] >= 20
+    # The shadow answered the very requests the client sent (same ids), and its answers went nowhere.
+    shadowed = read_prediction_log(stack_env.settings.prediction_log_dir, "deploy-bc", built["version"])
+    assert len(set(shadowed["request_id"]) & set(load.request_ids)) >= 20
+    assert active_version(stack_env.settings, "deploy-bc") == built["version"]
+    assert serving != built["version"]
+
+
+def test_manual_rollback_returns_to_the_previous_version(stack_env: Stack):
+    before = active_version(stack_env.settings, "deploy-bc")
+    earlier = [h["version"] for h in history(stack_env.settings, "deploy-bc") if h["version"] != before][-1]
+    env = {**stack_env.settings.child_env(), **stack_env.settings.prefect_client_env(), "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run([sys.executable, "-m", "modelyard.cli", "rollback", "deploy-bc"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=stack_env.settings.project_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert active_version(stack_env.settings, "deploy-bc") == earlier
+    assert httpx.get(f"{_endpoint(stack_env)}/version", timeout=5).json()["version"] == earlier
+    last = ledger_from_settings(stack_env.settings).records(subject=f"deploy-bc/{earlier}")[-1]
+    assert last["action"] == "deploy.manual_rollback" and last["details"]["from_version"] == before

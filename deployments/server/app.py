@@ -29,6 +29,11 @@ def jsonable(values: np.ndarray):
     return values if values.dtype.kind in "iufb" else values.tolist()
 
 
+# A rollout replays a canary's logged inputs against the serving version to compare answers;
+# those requests are not traffic, so they stay out of the prediction log and latency metrics.
+REPLAY_HEADER = b"x-modelyard-replay"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     api_token: str | None
@@ -125,6 +130,8 @@ class InferenceApp:
             response_headers.append((b"www-authenticate", b'Bearer realm="modelyard"'))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
+        if REPLAY_HEADER in headers and route_name in ("invocations", "v2_infer"):
+            route_name = "replay"  # a rollout's comparison, not traffic: kept out of latency and the log
         self.metrics.request(route_name, status, time.perf_counter() - started)
 
     def _authorize(self, headers: dict) -> None:
@@ -200,7 +207,7 @@ class InferenceApp:
             raise ContractError(415, "UNSUPPORTED_MEDIA_TYPE",
                                 f"content type '{content_type.decode('latin-1') or 'none'}' is not supported; "
                                 "use application/json or text/csv", "Content-Type")
-        prediction = await self._predict(columns, request_id)
+        prediction = await self._predict(columns, request_id, log=REPLAY_HEADER not in headers)
         return 200, orjson.dumps({"predictions": jsonable(prediction.labels)}, option=orjson.OPT_SERIALIZE_NUMPY), JSON
 
     async def v2_infer(self, headers, body, request_id):
@@ -212,7 +219,7 @@ class InferenceApp:
                                 "Inference-Header-Content-Length")
         payload = parse_json(body)
         columns = self.contract.from_v2(payload)
-        prediction = await self._predict(columns, request_id)
+        prediction = await self._predict(columns, request_id, log=REPLAY_HEADER not in headers)
         rows = len(prediction.labels)
         info = self.runtime.info
         if self.runtime.is_classifier:
@@ -236,10 +243,10 @@ class InferenceApp:
             response["id"] = payload["id"]
         return 200, orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY), JSON
 
-    async def _predict(self, columns: dict[str, np.ndarray], request_id: str) -> Prediction:
+    async def _predict(self, columns: dict[str, np.ndarray], request_id: str, log: bool = True) -> Prediction:
         received = time.time()
         prediction = await self.batcher.submit(columns)
-        if self.log is not None:
+        if self.log is not None and log:
             logged = MatrixColumns(columns.names, columns.matrix) if isinstance(columns, MatrixBatch) else columns
             self.log.submit(request_id, received, logged, prediction.labels, prediction.probabilities)
         return prediction

@@ -89,8 +89,35 @@ def build_app(model_dir: Path, settings: Settings, model: str = "", version: str
     return app
 
 
+def _listen_sockets(host: str, port: int, uds: str | None) -> list:
+    """A TCP socket (health checks, direct clients) and, if asked, a unix socket for the router.
+
+    nginx reaches versions through unix-socket slots it connects to per request, so that a
+    traffic switch is an atomic symlink swap instead of a reload (see deployments/traffic)."""
+    import os
+    import socket
+
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((host, port))
+    sockets = [tcp]
+    if uds:
+        path = Path(uds)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(path))
+        os.chmod(path, 0o666)
+        sockets.append(unix)
+    for sock in sockets:
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    return sockets
+
+
 def serve(model: str, settings: Settings, port: int, host: str | None = None, version: str = "",
-          log_predictions: bool = True) -> None:
+          log_predictions: bool = True, uds: str | None = None, expected_digest: str | None = None,
+          name: str = "") -> None:
     import uvicorn
 
     if model.startswith("models:/"):
@@ -99,6 +126,16 @@ def serve(model: str, settings: Settings, port: int, host: str | None = None, ve
         app = build_app(model_dir, settings, model=name, version=number, log_predictions=log_predictions,
                         expected_digest=expected, verify=True)
     else:
-        app = build_app(resolve_model_dir(model, settings), settings, version=version, log_predictions=log_predictions)
-    uvicorn.run(app, host=host or settings.host, port=port, loop="uvloop", http="httptools", lifespan="on",
-                access_log=False, log_level="warning", timeout_graceful_shutdown=30)
+        # A baked model directory (a Docker image): verified against the digest recorded at
+        # registration, which the image carries as a label and passes here.
+        app = build_app(resolve_model_dir(model, settings), settings, model=name, version=version,
+                        log_predictions=log_predictions, expected_digest=expected_digest,
+                        verify=expected_digest is not None)
+    sockets = _listen_sockets(host or settings.host, port, uds)
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+                            log_level="warning", timeout_graceful_shutdown=30)
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        if uds:
+            Path(uds).unlink(missing_ok=True)

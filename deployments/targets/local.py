@@ -7,25 +7,15 @@ import json
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from deployments.targets.base import Endpoint, TargetError, socket_path
 from modelyard.processes import ProcessTable
 from modelyard.settings import Settings
 
-
-class TargetError(RuntimeError):
-    """A version could not be started or did not become ready; the message says why."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    model: str
-    version: str
-    url: str
-    port: int
+__all__ = ["Endpoint", "LocalTarget", "TargetError"]
 
 
 def _free_port(host: str) -> int:
@@ -35,6 +25,8 @@ def _free_port(host: str) -> int:
 
 
 class LocalTarget:
+    name = "local"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.state_dir / "serving"
@@ -58,7 +50,8 @@ class LocalTarget:
         port = self._ports(model).get(version)
         if port is None or self.processes.alive(self.process_name(model, version)) is None:
             return None
-        return Endpoint(model, version, f"http://{self.settings.host}:{port}", port)
+        return Endpoint(model, version, f"http://{self.settings.host}:{port}", port,
+                        str(socket_path(self.settings, model, version)))
 
     def start(self, model: str, version: str, timeout_s: float = 120) -> Endpoint:
         """Start ``models:/model/version`` (integrity-checked by the server) and wait until ready."""
@@ -66,10 +59,12 @@ class LocalTarget:
         if running is not None:
             return running
         port = _free_port(self.settings.host)
+        uds = socket_path(self.settings, model, version)
         name = self.process_name(model, version)
         env = {**self.settings.child_env(), **self.settings.prefect_client_env(), "PATH": str(Path(sys.executable).parent)}
         record = self.processes.start(
-            name, [sys.executable, "-m", "modelyard.cli", "serve", f"models:/{model}/{version}", "--port", str(port)],
+            name, [sys.executable, "-m", "modelyard.cli", "serve", f"models:/{model}/{version}", "--port", str(port),
+             "--uds", str(uds)],
             env, self.settings.project_dir,
         )
         ports = self._ports(model) | {version: port}
@@ -82,7 +77,7 @@ class LocalTarget:
                 raise TargetError(f"{model} v{version} exited during start-up: {self.processes.tail(name, 5)}")
             try:
                 if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    return Endpoint(model, version, url, port)
+                    return Endpoint(model, version, url, port, str(uds))
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)

@@ -1,0 +1,200 @@
+"""Rollout gates: is the new version as healthy and as sensible as the one it replaces?
+
+Service gates read the servers' own Prometheus counters over a window (two scrapes, the
+difference between them): error rate and p99 latency of the new version, and its p99 against
+the serving version's in the same window. Model gates compare answers on the *same* inputs:
+the canary's logged inputs replayed against the serving version (or, for shadow traffic, both
+versions' logs joined by request id) give an agreement rate and a PSI of the prediction
+distributions. Everything here is a plain function of numbers, testable without servers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from modelyard.spec import GateSpec
+
+INFERENCE_ROUTES = ("invocations", "v2_infer")
+_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Inference requests by status, and the latency histogram (upper bounds → cumulative counts)."""
+
+    by_status: dict[int, int]
+    latency_buckets: dict[float, int]
+
+    @property
+    def requests(self) -> int:
+        return sum(self.by_status.values())
+
+
+def parse_metrics(text: str) -> MetricsSnapshot:
+    by_status: dict[int, int] = {}
+    buckets: dict[float, int] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        labels = dict(_LABEL.findall(match["labels"]))
+        value = float(match["value"])
+        if match["name"] == "modelyard_requests_total" and labels.get("route") in INFERENCE_ROUTES:
+            status = int(labels["status"])
+            by_status[status] = by_status.get(status, 0) + int(value)
+        elif match["name"] == "modelyard_request_latency_seconds_bucket":
+            bound = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+            buckets[bound] = int(value)
+    return MetricsSnapshot(by_status, buckets)
+
+
+def scrape(url: str, headers: dict[str, str] | None = None) -> MetricsSnapshot:
+    response = httpx.get(f"{url}/metrics", headers=headers or {}, timeout=5)
+    response.raise_for_status()
+    return parse_metrics(response.text)
+
+
+def histogram_quantile(q: float, cumulative: dict[float, int]) -> float | None:
+    """Prometheus' estimate: find the bucket holding the q-quantile, interpolate linearly.
+    ``None`` with no observations; the last finite bound when it falls in +Inf."""
+    bounds = sorted(cumulative)
+    total = cumulative.get(math.inf, cumulative[bounds[-1]] if bounds else 0)
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            span = count - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / span if span else 1.0)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+@dataclass(frozen=True)
+class ServiceWindow:
+    requests: int
+    server_errors: int
+    p99_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.server_errors / self.requests if self.requests else 0.0
+
+
+def service_window(before: MetricsSnapshot, after: MetricsSnapshot) -> ServiceWindow:
+    """What a server did between two scrapes."""
+    delta = {s: after.by_status.get(s, 0) - before.by_status.get(s, 0) for s in after.by_status}
+    buckets = {b: after.latency_buckets.get(b, 0) - before.latency_buckets.get(b, 0) for b in after.latency_buckets}
+    p99 = histogram_quantile(0.99, buckets)
+    return ServiceWindow(sum(delta.values()), sum(n for s, n in delta.items() if s >= 500),
+                         None if p99 is None else p99 * 1000)
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, categorical: bool, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` (0: same distribution;
+    above 0.25 is conventionally a major shift)."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if len(expected) == 0 or len(actual) == 0:
+        return 0.0
+    if categorical:
+        labels = np.union1d(np.unique(expected.astype(str)), np.unique(actual.astype(str)))
+        e = np.array([(expected.astype(str) == label).mean() for label in labels])
+        a = np.array([(actual.astype(str) == label).mean() for label in labels])
+    else:
+        edges = np.unique(np.quantile(expected.astype(float), np.linspace(0, 1, bins + 1)))
+        if len(edges) < 2:
+            edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+        edges[0], edges[-1] = -np.inf, np.inf
+        e = np.histogram(expected.astype(float), edges)[0] / len(expected)
+        a = np.histogram(actual.astype(float), edges)[0] / len(actual)
+    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray, categorical: bool, tolerance: float) -> float:
+    """Share of rows answered alike: the same class, or within ``tolerance`` relative difference."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if len(reference) == 0:
+        return 1.0
+    if categorical:
+        return float((reference.astype(str) == candidate.astype(str)).mean())
+    r, c = reference.astype(float), candidate.astype(float)
+    return float((np.abs(c - r) <= tolerance * np.maximum(np.abs(r), 1e-9)).mean())
+
+
+@dataclass(frozen=True)
+class ModelWindow:
+    rows: int
+    agreement: float
+    psi: float
+
+
+def compare_predictions(reference: np.ndarray, candidate: np.ndarray, categorical: bool, tolerance: float) -> ModelWindow:
+    return ModelWindow(len(candidate), agreement(reference, candidate, categorical, tolerance),
+                       psi(reference, candidate, categorical))
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    value: float | None
+    threshold: float | None
+    ok: bool
+
+    def describe(self) -> str:
+        value = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{self.gate} {value} (limit {self.threshold:.4g}) {'ok' if self.ok else 'FAILED'}" \
+            if self.threshold is not None else f"{self.gate} {value} {'ok' if self.ok else 'FAILED'}"
+
+
+def judge(gates: GateSpec, new: ServiceWindow, serving: ServiceWindow | None, model: ModelWindow | None) -> list[GateResult]:
+    """Every gate's verdict on one window; a rollout proceeds only if all are ok."""
+    results = [
+        GateResult("requests", new.requests, gates.min_requests, new.requests >= gates.min_requests),
+        GateResult("error_rate", new.error_rate, gates.max_error_rate, new.error_rate <= gates.max_error_rate),
+    ]
+    if gates.max_p99_ms is not None:
+        results.append(GateResult("p99_ms", new.p99_ms, gates.max_p99_ms,
+                                  new.p99_ms is not None and new.p99_ms <= gates.max_p99_ms))
+    if serving is not None and serving.p99_ms and new.p99_ms is not None:
+        # Latencies under a millisecond are dominated by noise; compare from 1 ms up.
+        ratio = max(new.p99_ms, 1.0) / max(serving.p99_ms, 1.0)
+        results.append(GateResult("p99_ratio", ratio, gates.max_p99_ratio, ratio <= gates.max_p99_ratio))
+    if model is not None:
+        results.append(GateResult("agreement", model.agreement, gates.min_agreement, model.agreement >= gates.min_agreement))
+        results.append(GateResult("prediction_psi", model.psi, gates.max_prediction_psi, model.psi <= gates.max_prediction_psi))
+    return results
+
+
+def failures(results: list[GateResult]) -> str:
+    return "; ".join(r.describe() for r in results if not r.ok)
+
+
+def results_dicts(results: list[GateResult]) -> list[dict]:
+    return [asdict(r) for r in results]
+
+
+def replay_frame(frame: pd.DataFrame, url: str, headers: dict[str, str], chunk: int = 500) -> np.ndarray:
+    """The serving version's answers to ``frame`` (inputs a canary answered), marked as a replay
+    so they stay out of its prediction log and latency metrics."""
+    answers: list = []
+    for start in range(0, len(frame), chunk):
+        part = frame.iloc[start:start + chunk]
+        body = {"dataframe_split": {"columns": list(part.columns),
+                                    "data": part.astype(object).where(part.notna(), None).values.tolist()}}
+        response = httpx.post(f"{url}/invocations", json=body, timeout=30,
+                              headers={**headers, "X-Modelyard-Replay": "1"})
+        response.raise_for_status()
+        answers.extend(response.json()["predictions"])
+    return np.asarray(answers)

@@ -1,0 +1,94 @@
+"""The reconciler: what the registry says should serve, against what serves.
+
+Webhooks are at-most-once in practice: a bridge that was down, a restart mid-delivery, a
+network blip, and an alias change is never heard of. The reconciler runs on a schedule,
+compares every model's ``champion`` alias with the version that is serving, and emits the
+same Prefect event the bridge would have emitted, so that the same trigger deploys it.
+Only versions the deploy path never handled count as missed: one that served before (and
+was replaced by hand since) or whose rollout failed is not retried — an operator or a new
+version decides — and models with a rollout in progress are left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from modelyard.settings import Settings
+
+ALIAS = "champion"
+
+
+@dataclass(frozen=True)
+class Missed:
+    model: str
+    version: str
+    serving: str | None
+
+
+def missed_deploys(champions: dict[str, str], serving: dict[str, str | None],
+                   handled: dict[str, set[str]], busy: set[str]) -> list[Missed]:
+    """Champions that are not serving, that no rollout ever handled (served or refused), of
+    models not being rolled out right now."""
+    return [Missed(model, version, serving.get(model)) for model, version in sorted(champions.items())
+            if serving.get(model) != version and version not in handled.get(model, set()) and model not in busy]
+
+
+def alias_event(model: str, version: str) -> dict:
+    """The event the bridge emits for an alias set on a version, marked as reconciled."""
+    return {
+        "event": "modelyard.registry.model_version_alias.created",
+        "resource": {"prefect.resource.id": f"mlflow.model.{model}.version.{version}",
+                     "prefect.resource.name": f"{model} v{version}", "mlflow.model": model,
+                     "mlflow.version": version, "mlflow.alias": ALIAS, "modelyard.reconciled": "true"},
+        "related": [{"prefect.resource.id": f"mlflow.model.{model}", "prefect.resource.role": "model",
+                     "prefect.resource.name": model}],
+        "payload": {"name": model, "version": version, "alias": ALIAS, "source": "reconciler"},
+    }
+
+
+IN_FLIGHT_ACTIONS = {"registry.event.emitted", "registry.event.reconciled", "deploy.started"}
+
+
+def recently_in_flight(records: list[dict], now: datetime, grace_s: float) -> dict[str, set[str]]:
+    """Versions (model → versions) that the event path picked up within ``grace_s``: an event
+    the bridge emitted, one the reconciler emitted, or a deploy that started. Their deploy is
+    on its way; emitting again would only queue a duplicate."""
+    found: dict[str, set[str]] = {}
+    for record in records:
+        if record.get("action") not in IN_FLIGHT_ACTIONS:
+            continue
+        if (now - datetime.fromisoformat(record["time"])).total_seconds() > grace_s:
+            continue
+        subject = record.get("subject", "")
+        match = re.fullmatch(r"mlflow\.model\.(.+)\.version\.(\d+)", subject)
+        model, version = match.groups() if match else (subject.rpartition("/")[0], subject.rpartition("/")[2])
+        if model and version:
+            found.setdefault(model, set()).add(version)
+    return found
+
+
+def rollout_in_progress(settings: Settings, model: str) -> bool:
+    path = settings.state_dir / "serving" / f"{model}.lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def registry_champions(settings: Settings) -> dict[str, str]:
+    from tasks.registry import tracking_client
+
+    client = tracking_client(settings)
+    champions = {}
+    for model in client.search_registered_models():
+        if ALIAS in model.aliases:
+            champions[model.name] = str(model.aliases[ALIAS])
+    return champions

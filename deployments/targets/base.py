@@ -1,0 +1,56 @@
+"""What every deployment target offers: start a version, find it, stop it.
+
+Strategies (blue/green, canary, shadow) and the router only use this interface, so a rollout
+works the same on local processes, Docker containers or Kubernetes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from modelyard.settings import Settings
+
+# AF_UNIX paths are limited to 108 bytes including the terminating NUL on Linux.
+MAX_SOCKET_PATH = 104
+
+
+class TargetError(RuntimeError):
+    """A version could not be started or did not become ready; the message says why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running version: its own URL (health checks, direct probes) and, for the nginx router,
+    the unix socket it also listens on (``None`` where traffic goes elsewhere, e.g. Kubernetes)."""
+
+    model: str
+    version: str
+    url: str
+    port: int
+    socket: str | None = None
+
+
+class Target(Protocol):
+    name: str
+
+    def start(self, model: str, version: str, timeout_s: float = 120) -> Endpoint: ...
+
+    def stop(self, model: str, version: str) -> bool: ...
+
+    def endpoint(self, model: str, version: str) -> Endpoint | None: ...
+
+
+def model_key(model: str) -> str:
+    """A short, filesystem-safe key for a model name (socket paths must stay short)."""
+    return hashlib.sha1(model.encode()).hexdigest()[:10]
+
+
+def socket_path(settings: Settings, model: str, version: str) -> Path:
+    """Where a version's server listens for the router; checked against the AF_UNIX limit."""
+    path = settings.state_dir / "sock" / f"{model_key(model)}-v{version}.sock"
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise TargetError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes: use a shorter MODELYARD_STATE_DIR")
+    return path

@@ -1,0 +1,53 @@
+"""Bridge downtime loses nothing: the champion alias set while the webhook bridge was down is
+deployed once the reconciler compares the registry with what serves — on a real stack."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from deployments.strategies import active_version
+from modelyard.ledger import ledger_from_settings
+from modelyard.stack import REGISTRY_BRIDGE, Stack
+
+pytestmark = pytest.mark.stack
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+def test_alias_missed_while_the_bridge_was_down_is_deployed_by_the_reconciler(stack_env: Stack, tmp_path: Path):
+    from flows.pipeline import model_pipeline
+    from flows.reconcile import reconcile
+
+    spec = yaml.safe_load((SPECS / "breast_cancer.yaml").read_text())
+    spec["name"] = "recon-bc"
+    spec["serving"] = {"strategy": "blue_green"}
+    spec_path = tmp_path / "recon-bc.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+
+    assert stack_env.processes.stop(REGISTRY_BRIDGE)
+    try:
+        result = model_pipeline(str(spec_path))
+        assert result["champion"] == result["version"]
+        time.sleep(5)
+        assert active_version(stack_env.settings, "recon-bc") is None  # nobody heard of the alias
+        missed = reconcile(grace_s=0)
+        assert {"model": "recon-bc", "version": result["version"], "serving": None} in missed
+    finally:
+        stack_env.up()  # the bridge comes back
+    path = stack_env.settings.state_dir / "serving" / "recon-bc.active.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and active_version(stack_env.settings, "recon-bc") != result["version"]:
+        time.sleep(1)
+    assert active_version(stack_env.settings, "recon-bc") == result["version"]
+    url = json.loads(path.read_text())["endpoint"]
+    assert httpx.get(f"{url}/version", timeout=5).json()["version"] == result["version"]
+    actions = [r["action"] for r in ledger_from_settings(stack_env.settings).records(subject=f"recon-bc/{result['version']}")]
+    assert "registry.event.reconciled" in actions and "deploy.succeeded" in actions
+    # Once it serves, there is nothing left to reconcile for it.
+    assert all(m["model"] != "recon-bc" for m in reconcile(grace_s=0))

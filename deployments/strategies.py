@@ -353,6 +353,38 @@ def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
     return rollout
 
 
+def kubernetes_blue_green(settings: Settings, model: str, version: str, target) -> Rollout:
+    """Blue/green on a cluster: the version's Deployment rolls out (readiness-gated by the
+    target), then the model's stable Service selector moves to it, then the old one is deleted.
+    Traffic moves by the Service, so there is no nginx here."""
+    try:
+        previous = target.routed_version(model)
+    except TargetError as error:
+        raise RolloutFailed(f"kubernetes: {error}", []) from error
+    rollout = Rollout(model, version, previous, "blue_green")
+    if previous == version:
+        rollout.step("already serving", True, f"the Service already selects v{version}")
+        return rollout
+    try:
+        new = target.start(model, version)
+        rollout.step("started", True, f"Deployment of v{version} ready ({new.url})")
+        target.route(model, version)
+        rollout.step("switched", True, f"Service selects v{version}", weights={version: 100})
+    except TargetError as error:
+        rollout.step("gate failed", False, str(error))
+        if previous is not None and target.routed_version(model) != previous:
+            target.route(model, previous)
+            rollout.step("rolled back", True, f"Service selects v{previous} again", weights={previous: 100})
+        target.stop(model, version)
+        raise RolloutFailed(str(error), rollout.timeline) from error
+    rollout.endpoint_url = new.url
+    record_active(settings, model, version, new.url, "blue_green")
+    if previous is not None:
+        target.stop(model, previous)
+        rollout.step("retired", True, f"v{previous} deleted")
+    return rollout
+
+
 def roll_back_to_previous(settings: Settings, model: str, target: Target | None = None,
                           router: NginxRouter | None = None, to_version: str | None = None) -> Rollout:
     """Manual rollback: the version that served before the current one (or ``to_version``)

@@ -35,6 +35,8 @@ def run_rollout(model: str, version: str, strategy: str, serving: ServingSpec, c
     settings = get_settings()
     target = make_target(settings, serving.target)
     with model_lock(settings, model):
+        if serving.target == "kubernetes":  # traffic moves by the Service selector
+            return strategies.kubernetes_blue_green(settings, model, version, target)
         if strategy == "canary":
             return strategies.canary(settings, model, version, serving.rollout, categorical, target)
         if strategy == "shadow":
@@ -47,6 +49,22 @@ def tag_version(model: str, version: str, status: str, detail: str) -> None:
     client = tracking_client(get_settings())
     client.set_model_version_tag(model, version, "modelyard.deploy_status", status)
     client.set_model_version_tag(model, version, "modelyard.deploy_detail", detail[:500])
+
+
+@task(name="rollout-chart")
+def chart_task(model: str, version: str, previous: str | None, timeline: list[dict], outcome: str) -> str:
+    """The rollout chart, logged to MLflow; markdown that embeds it (empty if it could not be made)."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from deployments.rollout_report import log_rollout_chart, rollout_chart
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = rollout_chart(timeline, model, version, previous, outcome,
+                              Path(tmp) / f"v{version}-{int(time.time())}.png")
+        url = log_rollout_chart(get_settings(), model, version, chart)
+    return f"\n![rollout of {model} v{version}]({url})\n" if url else ""
 
 
 def _artifact_key(model: str) -> str:
@@ -69,12 +87,14 @@ def deploy(model: str, version: str, alias: str = "champion", strategy: str | No
         tag_version(model, version, "rolled_back", failure.reason)
         rows = "\n".join(f"| {s['t_s']:.3f} | {s['step']} | {'ok' if s['ok'] else '**FAILED**'} | {s['detail']} |"
                          for s in failure.timeline)
+        chart = chart_task(model, version, None, failure.timeline, "rolled back")
         create_markdown_artifact(key=_artifact_key(model), description=f"{model} v{version} rolled back",
                                  markdown=f"# Rollout of {model} v{version} ({strategy}): ROLLED BACK\n\n"
-                                          f"Reason: {failure.reason}\n\n| t (s) | step | result | detail |\n"
+                                          f"Reason: {failure.reason}\n{chart}\n| t (s) | step | result | detail |\n"
                                           f"|---|---|---|---|\n{rows}\n")
         raise
-    create_markdown_artifact(key=_artifact_key(model), markdown=timeline_markdown(rollout, "serving"),
+    chart = chart_task(model, version, rollout.previous, rollout.timeline, "serving")
+    create_markdown_artifact(key=_artifact_key(model), markdown=timeline_markdown(rollout, "serving") + chart,
                              description=f"{model} v{version} rollout timeline")
     record_audit_event("deploy.succeeded", f"{model}/{version}",
                        {"endpoint": rollout.endpoint_url, "strategy": rollout.strategy, "timeline": rollout.timeline})

@@ -166,6 +166,13 @@ def test_canary_moves_a_good_version_through_weighted_steps_without_a_failed_req
     assert gates["agreement"]["value"] == 1.0 and gates["error_rate"]["value"] == 0
     assert active_version(stack_env.settings, "deploy-bc") == built["version"]
     assert httpx.get(f"{url}/version", timeout=5).json()["version"] == built["version"]
+    # The rollout chart is on the version's MLflow run, where the Prefect artifact embeds it from.
+    from tasks.registry import tracking_client
+
+    client = tracking_client(stack_env.settings)
+    run_id = client.get_model_version("deploy-bc", built["version"]).run_id
+    charts = [a.path for a in client.list_artifacts(run_id, "rollouts")]
+    assert charts and charts[0].endswith(".png")
 
 
 @pytest.mark.parametrize(("fault", "expected"), [

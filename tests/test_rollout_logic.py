@@ -115,3 +115,21 @@ def test_reconciler_leaves_versions_whose_event_is_on_its_way():
         {"action": "data.validated", "subject": "bc/4", "time": now.isoformat()},
     ]
     assert recently_in_flight(records, now, grace_s=600) == {"fraud.v2": {"7"}, "bc": {"3"}}
+
+
+def test_a_kubernetes_rollout_without_a_cluster_fails_with_the_reason(tmp_path):
+    """No cluster runs here: the real client finds no credentials, and the rollout says so
+    instead of pretending (the rendered objects are schema-checked in test_kubernetes.py)."""
+    from deployments.strategies import RolloutFailed, kubernetes_blue_green
+    from deployments.targets.kubernetes import KubernetesTarget
+    from modelyard.settings import Settings
+
+    from pathlib import Path
+
+    from modelyard.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "fraud.yaml")
+    settings = Settings(state_dir=tmp_path, kubernetes_context="no-such-context")
+    target = KubernetesTarget(settings, lambda model: spec)
+    with pytest.raises(RolloutFailed, match="no-such-context"):
+        kubernetes_blue_green(settings, "fraud", "3", target)

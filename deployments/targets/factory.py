@@ -15,5 +15,18 @@ def make_target(settings: Settings, kind: str) -> Target:
         from deployments.targets.docker import DockerTarget
 
         return DockerTarget(settings)
-    raise TargetError(f"target '{kind}' is not routed by nginx: deploy it with `modelyard k8s apply` "
-                      "(see deployments/targets/kubernetes.py)")
+    if kind == "kubernetes":
+        from deployments.targets.kubernetes import KubernetesTarget
+        from tasks.registry import tracking_client, version_spec
+
+        def spec_of(model: str):
+            """The spec of the model's champion (placement and resources are per model)."""
+            client = tracking_client(settings)
+            champion = client.get_model_version_by_alias(model, "champion")
+            spec = version_spec(client, model, str(champion.version))
+            if spec is None:
+                raise TargetError(f"{model} v{champion.version} carries no spec: the kubernetes target needs one")
+            return spec
+
+        return KubernetesTarget(settings, spec_of)
+    raise TargetError(f"unknown target '{kind}'")

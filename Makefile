@@ -33,7 +33,10 @@ system-deps:
 	bash infra/scripts/install-system-packages.sh $(TEST_PACKAGES)
 
 test: install system-deps
+	bash infra/scripts/start-docker.sh
+	bash infra/docker/build-base-image.sh modelyard/base:bookworm
 	export MODELYARD_TEST_POSTGRES_URL="$$(bash infra/scripts/start-postgres.sh | tail -n 1)" && \
+	export MODELYARD_DOCKER_BASE_IMAGE=modelyard/base:bookworm && \
 	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
 
 test-fast: install

@@ -268,8 +268,12 @@ def demo() -> None:
         second = registry_snapshot(tracking_client(settings), model)["aliases"].get("champion")
         rollout = None
         if second and second != champion:
-            _wait_for_deploy(settings, model, second, timeout_s=240)
-            rollout = _rollout_record(settings, model, second)
+            import time
+
+            deadline = time.monotonic() + 300  # the canary bakes; the flow records its outcome last
+            while rollout is None and time.monotonic() < deadline:
+                time.sleep(2)
+                rollout = _rollout_record(settings, model, second)
     finally:
         traffic.stop()
     table = Table(title="modelyard demo")

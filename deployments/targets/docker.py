@@ -1,0 +1,380 @@
+"""The ``docker`` target: each model version is an image ``modelyard/<model>:v<version>`` built
+offline from the registered artifact, run as a host-network container beside the stack.
+
+The image carries the model files and the sha256 the registry recorded for them; the server in
+it refuses to start if they differ. Building needs no registry and no network inside the build:
+the serving dependencies come from a wheelhouse made on the host, pinned to the versions this
+virtualenv runs, and cached under the state dir by requirement set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from deployments.targets.base import Endpoint, TargetError, model_key, socket_path
+from modelyard.settings import Settings
+
+__all__ = ["DockerTarget", "Endpoint", "ImageRef", "TargetError"]
+
+# What `python -m deployments.server` imports, and nothing of the orchestration side.
+# mlflow-skinny reads MLmodel signatures and loads the sklearn pyfunc fallback (with skops);
+# onnx reads a classifier's labels from its graph.
+SERVING_PACKAGES = (
+    "numpy", "pandas", "pyarrow", "orjson", "pyyaml", "pydantic-settings",
+    "uvicorn", "uvloop", "httptools",
+    "onnxruntime", "onnx",
+    "mlflow-skinny", "scikit-learn", "skops",
+)
+# The server's own code, relative to the project: nothing else goes into an image.
+APP_FILES = ("deployments/__init__.py", "deployments/server", "modelyard/__init__.py",
+             "modelyard/settings.py", "modelyard/integrity.py")
+DOCKERFILE = Path("infra/docker/Dockerfile.model")
+
+LABEL_MODEL = "org.modelyard.model"
+LABEL_VERSION = "org.modelyard.version"
+LABEL_SHA256 = "org.modelyard.artifact_sha256"
+LABEL_STACK = "org.modelyard.stack"
+LABEL_PORT = "org.modelyard.port"
+LABEL_SOCKET = "org.modelyard.socket"
+
+TAG_IMAGE = "modelyard.docker.image"
+TAG_DIGEST = "modelyard.docker.digest"
+STOP_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A built model image: its tag, its content id (``sha256:…``) and how long the build took."""
+
+    tag: str
+    id: str
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------- names
+
+def slug(name: str) -> str:
+    """A lowercase Docker name component for a model name; a name that had to change gets a short
+    hash of the original, so that ``Fraud_Model`` and ``fraud-model`` stay two images."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+    return cleaned if cleaned == name else f"{cleaned[:100]}-{model_key(name)[:6]}"
+
+
+def image_tag(model: str, version: str) -> str:
+    return f"modelyard/{slug(model)}:v{re.sub(r'[^A-Za-z0-9_.-]', '-', version)}"
+
+
+def stack_key(settings: Settings) -> str:
+    """Which stack a container belongs to: two stacks on one Docker Engine never see each other's."""
+    return hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+def container_name(settings: Settings, model: str, version: str) -> str:
+    return f"modelyard-{slug(model)[:60]}-v{version}-{stack_key(settings)}"
+
+
+# ---------------------------------------------------------------------------- wheelhouse
+
+def pinned_requirements(roots: Iterable[str] = SERVING_PACKAGES) -> list[str]:
+    """``name==version`` of ``roots`` and everything they need, as this virtualenv has them
+    installed: the image runs exactly the versions the tests ran."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned: dict[str, str] = {}
+    pending = list(roots)
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in pinned:
+            continue
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError as error:
+            raise TargetError(f"{name} is needed to serve but is not installed in {sys.prefix}") from error
+        pinned[name] = distribution.version
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return [f"{name}=={version}" for name, version in sorted(pinned.items())]
+
+
+def pip_wheel() -> Path:
+    """The pip wheel that ``ensurepip`` bundles: it runs as it is (``python pip.whl/pip``), on the
+    host when the virtualenv has no pip (uv-synced ones do not) and in the image build, so the
+    image's venv needs no pip of its own."""
+    import ensurepip
+
+    # Upstream Python bundles it with ensurepip; Debian's python3-venv keeps it in python-wheels.
+    places = [Path(ensurepip.__file__).parent / "_bundled", Path(sysconfig.get_config_var("WHEEL_PKG_DIR") or "/nonexistent"),
+              Path("/usr/share/python-wheels")]
+    for place in places:
+        wheels = sorted(place.glob("pip-*.whl")) if place.is_dir() else []
+        if wheels:
+            return wheels[-1]
+    raise TargetError("no bundled pip wheel (ensurepip): install python3-venv")
+
+
+def pip_command() -> list[str]:
+    """How to run pip with this interpreter: its own pip, else the bundled wheel."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    return [sys.executable, str(pip_wheel() / "pip")]
+
+
+def ensure_wheelhouse(settings: Settings, requirements: list[str]) -> Path:
+    """The directory of wheels for ``requirements`` (plus its requirements.txt and, in tools/, the
+    pip that installs them), downloaded once per requirement set and platform; later builds reuse
+    it without any download."""
+    tool = pip_wheel()
+    key = hashlib.sha256("\n".join([sysconfig.get_platform(), sys.implementation.cache_tag, tool.name,
+                                    *requirements]).encode())
+    house = settings.state_dir / "wheelhouse" / key.hexdigest()[:16]
+    if (house / "requirements.txt").exists():
+        return house
+    house.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=house.parent))
+    try:
+        (partial / "wanted.txt").write_text("\n".join(requirements) + "\n")
+        # `pip wheel` takes a published wheel as it is and builds one only for an sdist-only pin.
+        result = subprocess.run(
+            [*pip_command(), "wheel", "--no-deps", "--prefer-binary", "--disable-pip-version-check", "-q",
+             "--wheel-dir", str(partial), "-r", str(partial / "wanted.txt")],
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            raise TargetError(f"building the serving wheelhouse failed: {result.stderr.strip()[-2000:]}")
+        (partial / "tools").mkdir()
+        shutil.copy2(tool, partial / "tools" / tool.name)
+        (partial / "wanted.txt").rename(partial / "requirements.txt")
+        try:
+            partial.rename(house)
+        except OSError:  # another build finished the same wheelhouse first
+            pass
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return house
+
+
+# --------------------------------------------------------------------------------- images
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Copy a tree into a build context, hard-linking files where the file system allows."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def build_context(settings: Settings, model_dir: Path, wheelhouse: Path, root: Path) -> Path:
+    """A Docker build context: the Dockerfile, wheels/, app/ (the server's code) and model/."""
+    shutil.copy2(settings.project_dir / DOCKERFILE, root / "Dockerfile")
+    _link_tree(wheelhouse, root / "wheels")
+    for relative in APP_FILES:
+        source = settings.project_dir / relative
+        target = root / "app" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            _link_tree(source, target)
+        else:
+            shutil.copy2(source, target)
+    _link_tree(model_dir, root / "model")
+    return root
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(container, lines: int = 20) -> str:
+    try:
+        return container.logs(tail=lines).decode(errors="replace").strip()
+    except Exception as error:  # the container may be gone already
+        return f"(no log: {error})"
+
+
+class DockerTarget:
+    """Model versions as containers on the local Docker Engine, reachable on a loopback port and
+    on the version's unix socket (bind-mounted, so the host's nginx connects to it)."""
+
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            import docker
+
+            try:
+                self._client = docker.from_env(timeout=300)
+                self._client.ping()
+            except Exception as error:
+                raise TargetError(f"the Docker Engine does not answer ({error}): run infra/scripts/start-docker.sh") from error
+        return self._client
+
+    # -- images ------------------------------------------------------------------------
+
+    def _registry(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.settings.mlflow_url, registry_uri=self.settings.mlflow_url)
+
+    def _registered(self, model: str, version: str) -> tuple[str, Path]:
+        """The recorded sha256 of a version and its downloaded model directory."""
+        from deployments.server.main import registered_digest, resolve_model_dir
+
+        _, _, expected = registered_digest(f"models:/{model}/{version}", self.settings)
+        if not expected:
+            raise TargetError(f"{model} v{version} has no recorded artifact sha256: refusing to build an image of it")
+        return expected, resolve_model_dir(f"models:/{model}/{version}", self.settings)
+
+    def build_image(self, model: str, version: str) -> ImageRef:
+        """Build the image of ``models:/model/version`` and record it on the version and in the ledger."""
+        import docker.errors
+
+        from modelyard.ledger import ledger_from_settings
+        from tasks.audit import flow_actor
+
+        started = time.monotonic()
+        expected, model_dir = self._registered(model, version)
+        house = ensure_wheelhouse(self.settings, pinned_requirements())
+        tag = image_tag(model, version)
+        scratch = self.settings.state_dir / "docker-build"
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as root:
+            build_context(self.settings, model_dir, house, Path(root))
+            try:
+                image, _ = self.client.images.build(
+                    path=root, tag=tag, rm=True, forcerm=True, network_mode="none",
+                    buildargs={"BASE_IMAGE": self.settings.docker_base_image, "MODEL_NAME": model,
+                               "MODEL_VERSION": str(version), "MODEL_SHA256": expected})
+            except docker.errors.BuildError as error:
+                lines = [str(chunk.get("stream") or chunk.get("error") or "").rstrip() for chunk in error.build_log]
+                raise TargetError(f"building {tag} failed: {error.msg}\n" + "\n".join(line for line in lines if line)[-3000:]) from error
+            except docker.errors.APIError as error:
+                raise TargetError(f"building {tag} failed: {error.explanation or error}") from error
+        ref = ImageRef(tag, image.id, round(time.monotonic() - started, 2))
+        registry = self._registry()
+        registry.set_model_version_tag(model, str(version), TAG_IMAGE, tag)
+        registry.set_model_version_tag(model, str(version), TAG_DIGEST, image.id)
+        ledger_from_settings(self.settings).append(
+            flow_actor(), "docker.image.built", f"{model}/{version}",
+            {"image": tag, "digest": image.id, "artifact_sha256": expected,
+             "base_image": self.settings.docker_base_image, "seconds": ref.seconds})
+        return ref
+
+    def ensure_image(self, model: str, version: str) -> ImageRef:
+        """The version's image: reused when the registry already records this very image and it
+        carries the sha256 registered now, else built."""
+        import docker.errors
+
+        tag = image_tag(model, version)
+        try:
+            image = self.client.images.get(tag)
+            recorded = self._registry().get_model_version(model, str(version)).tags
+        except docker.errors.ImageNotFound:
+            return self.build_image(model, version)
+        if (recorded.get(TAG_DIGEST) == image.id
+                and image.labels.get(LABEL_SHA256) == recorded.get("modelyard.artifact_sha256")):
+            return ImageRef(tag, image.id, 0.0)
+        return self.build_image(model, version)
+
+    # -- containers ----------------------------------------------------------------------
+
+    def _containers(self, model: str, version: str, running_only: bool = True) -> list:
+        labels = [f"{LABEL_MODEL}={model}", f"{LABEL_VERSION}={version}", f"{LABEL_STACK}={stack_key(self.settings)}"]
+        return self.client.containers.list(all=not running_only, filters={"label": labels})
+
+    def endpoint(self, model: str, version: str) -> Endpoint | None:
+        """The running endpoint of a version, found by the labels of its container."""
+        for container in self._containers(model, version):
+            port = int(container.labels[LABEL_PORT])
+            return Endpoint(model, version, f"http://{self.settings.host}:{port}", port,
+                            container.labels.get(LABEL_SOCKET) or None)
+        return None
+
+    def _run(self, model: str, version: str, image: ImageRef, port: int, uds: Path, logs: Path):
+        """The version's container: host network, its socket and log folders at the host's paths."""
+        return self.client.containers.run(
+            image.id, detach=True, name=container_name(self.settings, model, version), network_mode="host",
+            environment={**self.settings.child_env(), "PORT": str(port), "UDS": str(uds)},
+            # Same paths inside and out: the socket the router connects to, the log the monitor reads.
+            volumes={str(uds.parent): {"bind": str(uds.parent), "mode": "rw"},
+                     str(logs): {"bind": str(logs), "mode": "rw"}},
+            labels={LABEL_MODEL: model, LABEL_VERSION: str(version), LABEL_STACK: stack_key(self.settings),
+                    LABEL_PORT: str(port), LABEL_SOCKET: str(uds)},
+            stop_signal="SIGTERM")
+
+    def start(self, model: str, version: str, timeout_s: float = 180) -> Endpoint:
+        """Run the version's image (built when needed) and wait until it is ready."""
+        import docker.errors
+
+        running = self.endpoint(model, version)
+        if running is not None:
+            return running
+        self.stop(model, version)  # an exited container of this version would hold its name
+        image = self.ensure_image(model, version)
+        port = _free_port(self.settings.host)
+        uds = socket_path(self.settings, model, version)
+        uds.parent.mkdir(parents=True, exist_ok=True)
+        logs = self.settings.prediction_log_dir
+        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            container = self._run(model, version, image, port, uds, logs)
+        except docker.errors.APIError as error:
+            raise TargetError(f"{model} v{version} could not start: {error.explanation or error}") from error
+        url = f"http://{self.settings.host}:{port}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status in {"exited", "dead"}:
+                tail = _log_tail(container)
+                self.stop(model, version)
+                raise TargetError(f"{model} v{version} exited during start-up: {tail}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    return Endpoint(model, version, url, port, str(uds))
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        tail = _log_tail(container)
+        self.stop(model, version)
+        raise TargetError(f"{model} v{version} was not ready after {timeout_s:.0f} s: {tail}")
+
+    def stop(self, model: str, version: str) -> bool:
+        """Stop the version's container gracefully (SIGTERM, then SIGKILL after 30 s) and remove it."""
+        import docker.errors
+
+        stopped = False
+        for container in self._containers(model, version, running_only=False):
+            try:
+                if container.status == "running":
+                    container.stop(timeout=STOP_TIMEOUT_S)
+                    stopped = True
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        return stopped

@@ -44,6 +44,32 @@ def run_rollout(model: str, version: str, strategy: str, serving: ServingSpec, c
         return strategies.blue_green(settings, model, version, target)
 
 
+@task(name="ensure-monitor-schedule")
+def monitor_schedule_task(model: str, version: str) -> str:
+    from modelyard.schedules import ensure_monitor_schedule
+    from tasks.registry import version_spec
+
+    spec = version_spec(tracking_client(get_settings()), model, version)
+    interval = spec.monitoring.interval_s if spec is not None else 300
+    return ensure_monitor_schedule(model, interval)
+
+
+@task(name="record-recovery")
+def record_recovery(model: str, version: str, timeline: list[dict]) -> dict | None:
+    """When an alert caused this version (alert → retrain → promotion → here), MTTD and MTTR."""
+    import time
+
+    from modelyard.ledger import ledger_from_settings
+    from tasks.kpis import recovery_for
+
+    switched = next((s for s in timeline if s["step"] == "switched"), None)
+    serving_at = time.time() - (timeline[-1]["t_s"] - switched["t_s"]) if switched and timeline else time.time()
+    recovery = recovery_for(ledger_from_settings(get_settings()).records(), model, version, serving_at)
+    if recovery is not None:
+        record_audit_event("kpi.recovered", f"{model}/{version}", recovery)
+    return recovery
+
+
 @task(name="tag-version")
 def tag_version(model: str, version: str, status: str, detail: str) -> None:
     client = tracking_client(get_settings())
@@ -99,6 +125,9 @@ def deploy(model: str, version: str, alias: str = "champion", strategy: str | No
     record_audit_event("deploy.succeeded", f"{model}/{version}",
                        {"endpoint": rollout.endpoint_url, "strategy": rollout.strategy, "timeline": rollout.timeline})
     tag_version(model, version, "serving", f"{rollout.strategy} via {rollout.endpoint_url}")
+    if serving.target != "kubernetes":
+        monitor_schedule_task(model, version)
+    record_recovery(model, version, rollout.timeline)
     print(f"{model} v{version} serving at {rollout.endpoint_url} ({rollout.strategy})")
     return {"model": model, "version": version, "endpoint": rollout.endpoint_url, "strategy": rollout.strategy,
             "timeline": rollout.timeline}

@@ -35,11 +35,29 @@ def emit_missed(model: str, version: str, serving: str | None) -> None:
                        {"alias": "champion", "serving": serving})
 
 
+@task(name="ensure-monitor-schedules")
+def ensure_schedules(models: list[str]) -> dict[str, str]:
+    """Every serving model has its monitor schedule (re-created if a re-registration lost it)."""
+    from modelyard.schedules import ensure_monitor_schedule
+    from tasks.registry import tracking_client, version_spec
+
+    settings = get_settings()
+    client = tracking_client(settings)
+    changes = {}
+    for model in models:
+        version = active_version(settings, model)
+        spec = version_spec(client, model, version) if version else None
+        if spec is not None:
+            changes[model] = ensure_monitor_schedule(model, spec.monitoring.interval_s)
+    return changes
+
+
 @flow(name="reconcile", log_prints=True)
 def reconcile(grace_s: float = 600) -> list[dict]:
     """Compare every champion alias with the serving version; emit what the bridge missed.
     ``grace_s``: how long an event already emitted for a version counts as on its way."""
     missed = compare(grace_s)
+    ensure_schedules(sorted(registry_champions(get_settings())))
     for item in missed:
         emit_missed(item["model"], item["version"], item["serving"])
     get_run_logger().info("%d missed deploy(s): %s", len(missed),

@@ -184,6 +184,27 @@ def rollback(
                   f"(switch took {result['rollback_s']:.2f} s)")
 
 
+@app.command("kpis")
+def kpis(
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Delivery KPIs from the audit ledger: deployments, success rate, frequency, rollbacks, MTTD, MTTR."""
+    from tasks.kpis import delivery_kpis
+
+    numbers = delivery_kpis(ledger_from_settings(get_settings()).records(), model)
+    if as_json:
+        print(json.dumps(numbers, indent=2))
+        return
+    table = Table(title=f"delivery KPIs{' of ' + model if model else ''}")
+    table.add_column("KPI")
+    table.add_column("value")
+    for key, value in numbers.items():
+        shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        table.add_row(key, shown)
+    console.print(table)
+
+
 DEMO_SPEC = "specs/fraud.yaml"
 
 
@@ -221,17 +242,42 @@ def _print_timeline(record: dict) -> None:
     console.print(table)
 
 
+def _wait_ledger(settings, predicate, timeout_s: float, poll_s: float = 1.0) -> dict | None:
+    """The first ledger record (newest last) matching ``predicate`` within ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in ledger_from_settings(settings).records():
+            if predicate(record):
+                return record
+        time.sleep(poll_s)
+    return None
+
+
+def _epoch(record: dict) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(record["time"]).timestamp()
+
+
 @app.command("demo")
-def demo() -> None:
-    """The lifecycle on the embedded stack: smoke flow; first champion trained and deployed by
-    the registry event alone; live traffic; a second version trained, promoted and rolled out
-    by canary with gates."""
+def demo(
+    scenario: Annotated[str, typer.Option(help="The drift injected into live traffic (see tasks/demo_data.py).")] = "channel_shift",
+) -> None:
+    """The closed loop on the embedded stack, by itself: the first champion is trained and
+    deployed by the registry event alone; live traffic with delayed labels; drift injected;
+    the monitor detects it, the event starts a retrain, the new version is evaluated, promoted
+    and rolled out by canary. Ends with MTTD, time to recovery and links."""
+    import time
+
     from modelyard.runs import flow_run_url, run_deployment_and_wait
     from modelyard.spec import load_spec
-    from modelyard.traffic import TrafficGenerator
-    from tasks.demo_data import generate_transactions
+    from modelyard.traffic import LabelFeeder, TrafficGenerator
+    from tasks.demo_data import apply_scenario, generate_transactions
     from tasks.registry import registry_snapshot, tracking_client
 
+    began = time.monotonic()
     stack = _stack()
     settings = stack.settings
     try:
@@ -239,62 +285,112 @@ def demo() -> None:
     except StackError as error:
         errors.print(f"[red]stack up failed:[/red] {error}")
         raise typer.Exit(1) from error
-    runs = []
     spec_path = settings.project_dir / DEMO_SPEC
-    model = load_spec(spec_path).name
-    console.print("1/4 smoke flow through the worker …")
-    runs.append(("smoke", run_deployment_and_wait(settings, "smoke/smoke")))
-    console.print(f"2/4 model pipeline on {DEMO_SPEC} (validate → build → evaluate → register) …")
-    runs.append(("model-pipeline v1", run_deployment_and_wait(
-        settings, "model-pipeline/model-pipeline", parameters={"spec_path": str(spec_path)}, timeout_s=1800)))
+    spec = load_spec(spec_path)
+    model = spec.name
+
+    def step(text: str) -> None:
+        console.print(f"[bold]{time.monotonic() - began:5.0f} s[/bold]  {text}")
+
+    step(f"model pipeline on {DEMO_SPEC} (validate → build → evaluate → register) …")
+    pipeline_run = run_deployment_and_wait(settings, "model-pipeline/model-pipeline",
+                                           parameters={"spec_path": str(spec_path)}, timeout_s=1800)
     champion = registry_snapshot(tracking_client(settings), model)["aliases"].get("champion")
     endpoint = _wait_for_deploy(settings, model, champion) if champion else None
     if not endpoint:
         errors.print(f"[red]{model} v{champion} is not serving; see `modelyard audit show --subject {model}/{champion}`[/red]")
         raise typer.Exit(1)
-    console.print(f"   deployed by the alias event alone: {model} v{champion} at {endpoint}/invocations")
+    step(f"{model} v{champion} deployed by the alias event alone: {endpoint}/invocations")
 
-    console.print("3/4 live traffic: transactions scored at ~40 requests/s through the stable endpoint …")
-    live = generate_transactions(n_rows=5000, seed=7, start="2026-02-01")
-    traffic = TrafficGenerator(endpoint, live, rate=40, id_column="transaction_id").start()
+    population = generate_transactions(n_rows=20000, seed=7, start="2026-02-01").sample(frac=1.0, random_state=1)
+    truth = dict(zip(population["transaction_id"].astype(str), population["is_fraud"].astype(int), strict=True))
+    traffic = TrafficGenerator(endpoint, population, rate=40, id_column="transaction_id").start()
+    labels = LabelFeeder(traffic, truth, spec.data.target, settings.state_dir / "labels" / model).start()
+    outcome: dict = {}
     try:
-        console.print("4/4 a second version on fresh data: trained, promoted, rolled out by canary …")
-        fresh = settings.state_dir / "demo" / "transactions-2.parquet"
-        fresh.parent.mkdir(parents=True, exist_ok=True)
-        generate_transactions(n_rows=20000, seed=43, start="2026-01-15").to_parquet(fresh, index=False)
-        runs.append(("model-pipeline v2", run_deployment_and_wait(
-            settings, "model-pipeline/model-pipeline", timeout_s=1800,
-            parameters={"spec_path": str(spec_path), "data_path": str(fresh), "promote_if_better": True})))
-        second = registry_snapshot(tracking_client(settings), model)["aliases"].get("champion")
-        rollout = None
-        if second and second != champion:
-            import time
-
-            deadline = time.monotonic() + 300  # the canary bakes; the flow records its outcome last
-            while rollout is None and time.monotonic() < deadline:
-                time.sleep(2)
-                rollout = _rollout_record(settings, model, second)
+        step("live traffic at ~40 requests/s; labels arrive 15 s late; the monitor judges every "
+             f"{spec.monitoring.interval_s} s …")
+        monitor_state = settings.state_dir / "monitor" / f"{model}.json"
+        deadline = time.monotonic() + spec.monitoring.interval_s + 60
+        while time.monotonic() < deadline and not (monitor_state.exists() and "window_end" in json.loads(monitor_state.read_text())):
+            time.sleep(2)
+        if monitor_state.exists():
+            step(f"first window judged: {json.loads(monitor_state.read_text()).get('judged_at')} (no drift expected)")
+        drifted = apply_scenario(generate_transactions(n_rows=20000, seed=8, start="2026-02-15"), scenario,
+                                 strength=2.5, seed=3)
+        labels.add_truth(dict(zip(drifted["transaction_id"].astype(str), drifted["is_fraud"].astype(int), strict=True)))
+        injected_at = traffic.switch(drifted)
+        step(f"drift injected: '{scenario}' from now on")
+        detected = _wait_ledger(settings, lambda r: r["action"] == "monitor.drift.detected"
+                                and r["subject"].startswith(f"{model}/") and _epoch(r) >= injected_at,
+                                timeout_s=spec.monitoring.interval_s * 3 + 60)
+        if detected is None:
+            errors.print("[red]the monitor did not detect the drift in time[/red]")
+            raise typer.Exit(1)
+        outcome["mttd_s"] = _epoch(detected) - injected_at
+        step(f"drift detected ({detected['details']['reason']}; top: {', '.join(detected['details']['top_features'])}) "
+             f"→ modelyard.drift.detected → retrain")
+        finished = _wait_ledger(settings, lambda r: r["action"] == "retrain.finished" and r["subject"].startswith(f"{model}/")
+                                and _epoch(r) >= _epoch(detected), timeout_s=600)
+        if finished is None:
+            errors.print("[red]the retrain did not finish in time[/red]")
+            raise typer.Exit(1)
+        new_version = finished["subject"].split("/", 1)[1]
+        step(f"retrained v{new_version} on source + {finished['details'].get('traffic_rows_used', 0)} labelled live rows: "
+             f"{finished['details']['outcome']}")
+        if finished["details"]["outcome"] == "promoted":
+            rolled = _wait_ledger(settings, lambda r: r["subject"] == f"{model}/{new_version}"
+                                  and r["action"] in ("deploy.succeeded", "deploy.rolled_back"), timeout_s=300)
+            if rolled is not None:
+                outcome["rollout"] = rolled
+                if rolled["action"] == "deploy.succeeded":
+                    switched = next((s for s in rolled["details"]["timeline"] if s["step"] == "switched"), None)
+                    started = next((r for r in ledger_from_settings(settings).records(subject=f"{model}/{new_version}")
+                                    if r["action"] == "deploy.started"), None)
+                    serving_at = _epoch(started) + switched["t_s"] if started and switched else _epoch(rolled)
+                    outcome["mttr_s"] = serving_at - _epoch(detected)
+                step(f"v{new_version}: {rolled['action']} ({rolled['details'].get('strategy', '')})")
     finally:
+        labels.stop()
         traffic.stop()
-    table = Table(title="modelyard demo")
-    for column in ("flow", "run", "state", "link"):
-        table.add_column(column)
-    for flow_name, flow_run in runs:
-        state = flow_run.state.name if flow_run.state else "unknown"
-        table.add_row(flow_name, flow_run.name, state, flow_run_url(settings, flow_run))
+    _demo_summary(settings, model, pipeline_run, traffic, outcome, flow_run_url)
+    if "mttr_s" not in outcome:
+        raise typer.Exit(1)
+    step("done")
+
+
+def _demo_summary(settings, model: str, pipeline_run, traffic, outcome: dict, flow_run_url) -> None:
+    from mlflow import MlflowClient
+
+    if "rollout" in outcome:
+        _print_timeline(outcome["rollout"])
+    table = Table(title="closed loop")
+    table.add_column("measure")
+    table.add_column("value")
+    table.add_row("MTTD (first drifted request → drift event)", f"{outcome['mttd_s']:.1f} s" if "mttd_s" in outcome else "-")
+    table.add_row("time to recovery (drift event → new version on 100%)", f"{outcome['mttr_s']:.1f} s" if "mttr_s" in outcome else "-")
+    table.add_row("requests sent / failed", f"{traffic.sent} / {traffic.failed}")
     console.print(table)
-    if rollout is not None:
-        _print_timeline(rollout)
-    else:
-        console.print(f"[yellow]the second version did not become champion (v{second}); champion stays v{champion}[/yellow]")
-    console.print(f"traffic: {traffic.sent} requests, {traffic.failed} failed ({dict(traffic.statuses)})")
+    if "mttd_s" in outcome:
+        ledger_from_settings(settings).append("demo", "kpi.closed_loop", model,
+                                              {k: round(v, 3) for k, v in outcome.items() if k.endswith("_s")})
+    client = MlflowClient(settings.mlflow_url)
+    experiment = client.get_experiment_by_name(f"{model}-monitoring")
+    links = [("Prefect UI (flow runs: monitor, retrain, deploy)", f"{settings.prefect_ui_url}/runs"),
+             ("first pipeline run", flow_run_url(settings, pipeline_run)),
+             ("MLflow model registry", f"{settings.mlflow_url}/#/models/{model}")]
+    if experiment is not None:
+        links.append(("MLflow monitoring runs", f"{settings.mlflow_url}/#/experiments/{experiment.experiment_id}"))
+        runs = client.search_runs([experiment.experiment_id], filter_string="tags.`modelyard.status` = 'alert'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            html = [a.path for a in client.list_artifacts(runs[0].info.run_id, "evidently") if a.path.endswith(".html")]
+            if html:
+                links.append(("Evidently drift report", f"{settings.mlflow_url}/get-artifact?path={html[0]}&run_uuid={runs[0].info.run_id}"))
+    for name, url in links:
+        console.print(f"{name}: {url}")
     verification = ledger_from_settings(settings).verify()
     console.print(f"audit ledger: {verification.records} records, {'verified' if verification.ok else verification.problem}")
-    console.print(f"\nPrefect UI: {settings.prefect_ui_url}\nMLflow UI:  {settings.mlflow_url}/#/models/{model}\n"
-                  f"endpoint:   {endpoint}/invocations")
-    ok = all(r.state and r.state.is_completed() for _, r in runs) and verification.ok
-    if not ok or rollout is None or rollout["action"] != "deploy.succeeded":
-        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
         "python:3.11-slim",
         description="Base of every model image; `infra/docker/build-base-image.sh` builds a local one offline.",
     )
+    notify_url: str | None = Field(
+        None, description="Every monitoring alert is POSTed here (a Prefect webhook notification); unset: no notifications.")
     kubernetes_context: str | None = Field(None, description="kubeconfig context the kubernetes target uses.")
     ledger_key: SecretStr | None = Field(
         None, description="HMAC key that signs the audit ledger's head checkpoint."
@@ -137,7 +139,10 @@ class Settings(BaseSettings):
             "MODELYARD_BRIDGE_PORT": str(self.bridge_port),
             "MODELYARD_WORK_POOL": self.work_pool,
             "MODELYARD_SERVE_ANONYMOUS": str(self.serve_anonymous).lower(),
+            "MODELYARD_DOCKER_BASE_IMAGE": self.docker_base_image,
         }
+        if self.notify_url:
+            env["MODELYARD_NOTIFY_URL"] = self.notify_url
         for name in ("database_url", "api_token", "webhook_secret", "ledger_key"):
             value = getattr(self, name)
             if value is not None:

@@ -71,6 +71,8 @@ class ValidationSpec(_Strict):
         0.1, ge=0, description="Inferred numeric ranges widen by this share of their span."
     )
     mostly: float = Field(1.0, gt=0, le=1, description="Share of rows an inferred expectation must hold for.")
+    range_mostly: float | None = Field(
+        None, gt=0, le=1, description="Share of rows inferred numeric ranges must hold for (default: mostly).")
 
 
 class PolicySpec(_Strict):
@@ -143,6 +145,31 @@ class ServingSpec(_Strict):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+class MonitoringSpec(_Strict):
+    """How a deployed model is watched, and what counts as an alert."""
+
+    interval_s: int = Field(300, ge=10, description="How often the monitor flow judges a window.")
+    window_s: int = Field(3600, ge=10, description="The longest stretch of traffic one window covers.")
+    min_rows: int = Field(200, ge=1, description="Fewer logged rows than this: no verdict yet.")
+    max_rows: int = Field(50_000, ge=1000, description="Larger windows are judged on a uniform sample of this size.")
+    drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted features that makes the dataset drifted.")
+    labels: str | None = Field(
+        None, description="Delayed labels: a CSV/Parquet file or folder with request_id and the target column "
+        "(relative to the spec; default: <state>/labels/<model>/).")
+    max_performance_drop: float = Field(0.05, ge=0, description="Largest drop of the primary metric against evaluation.")
+    min_labelled_rows: int = Field(100, ge=1, description="Labelled rows a performance verdict needs.")
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_ms: float = Field(250.0, gt=0)
+    fresh_deploy_s: int = Field(900, ge=0, description="A version this young whose service degrades is rolled back.")
+
+
+class RetrainSpec(_Strict):
+    automatic: bool = Field(True, description="Alerts start a retrain; off: only `modelyard retrain` does.")
+    cooldown_s: int = Field(1800, ge=0, description="At most one retrain per model in this window, however many alerts.")
+    include_traffic: bool = Field(True, description="Train on logged traffic joined with its delayed labels too.")
+    min_labelled_rows: int = Field(200, ge=0, description="Labelled traffic rows needed to use it.")
+
+
 class ModelCardSpec(_Strict):
     intended_use: str = ""
     limitations: list[str] = Field(default_factory=list)
@@ -158,6 +185,8 @@ class ModelSpec(_Strict):
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     policy: PolicySpec = Field(default_factory=PolicySpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     card: ModelCardSpec = Field(default_factory=ModelCardSpec)
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths start from.")
 

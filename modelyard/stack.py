@@ -79,6 +79,9 @@ class Stack:
                 "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.prefect_database_url,
                 "PREFECT_UI_API_URL": self.settings.prefect_api_url,
                 "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+                # Monitor schedules are added while the stack runs (one per deployed model):
+                # the scheduler picks them up within 10 s instead of its default minute.
+                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
             }
         )
         return env
@@ -197,6 +200,12 @@ class Stack:
             raise StackError(f"registering the MLflow registry webhook failed: {error}. "
                              f"MLflow's log: {self.processes.log_path(MLFLOW_SERVER)}") from error
         self._ensure_deployments()
+        from modelyard.automations import ensure_notifications
+
+        notifications = ensure_notifications(self.settings)
+        if notifications != "unchanged":
+            self._progress(f"alert notifications: {notifications}"
+                           + (f" → {self.settings.notify_url}" if self.settings.notify_url else " (set MODELYARD_NOTIFY_URL)"))
         return self.status()
 
     def _prefect_command(self) -> list[str]:

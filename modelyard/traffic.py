@@ -30,31 +30,46 @@ class TrafficGenerator:
     def __init__(self, url: str, frame: pd.DataFrame, rate: float = 40.0,
                  headers: dict[str, str] | None = None, id_column: str | None = None) -> None:
         self.url, self.rate, self.headers = url, rate, dict(headers or {})
-        columns = model_inputs(url, self.headers)
-        self.columns = columns
-        self.rows = frame[columns].astype(object).where(frame[columns].notna(), None).values.tolist()
-        self.ids = frame[id_column].astype(str).tolist() if id_column else None
+        self.columns = model_inputs(url, self.headers)
+        self.id_column = id_column
         self.statuses: Counter = Counter()
         self.sent_ids: list[str] = []
+        self.sent_at: list[float] = []
+        self.switched_at: float | None = None
+        self._lock = threading.Lock()
+        self._load(frame)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
 
+    def _load(self, frame: pd.DataFrame) -> None:
+        rows = frame[self.columns].astype(object).where(frame[self.columns].notna(), None).values.tolist()
+        ids = frame[self.id_column].astype(str).tolist() if self.id_column else None
+        with self._lock:
+            self.rows, self.ids, self._index = rows, ids, 0
+
+    def switch(self, frame: pd.DataFrame) -> float:
+        """From the next request on, send ``frame``'s rows; returns when that began (epoch s)."""
+        self._load(frame)
+        self.switched_at = time.time()
+        return self.switched_at
+
     def _run(self) -> None:
         interval = 1.0 / self.rate if self.rate > 0 else 0.0
-        index = 0
         with httpx.Client(timeout=10, headers=self.headers) as client:
             next_at = time.monotonic()
             while not self._stop.is_set():
-                row = index % len(self.rows)
-                request_id = self.ids[row] if self.ids else uuid.uuid4().hex
-                body = {"dataframe_split": {"columns": self.columns, "data": [self.rows[row]]}}
+                with self._lock:
+                    row = self._index % len(self.rows)
+                    self._index += 1
+                    request_id = self.ids[row] if self.ids else uuid.uuid4().hex
+                    body = {"dataframe_split": {"columns": self.columns, "data": [self.rows[row]]}}
                 try:
                     response = client.post(f"{self.url}/invocations", json=body, headers={"X-Request-ID": request_id})
                     self.statuses[response.status_code] += 1
                 except httpx.HTTPError as error:
                     self.statuses[type(error).__name__] += 1
                 self.sent_ids.append(request_id)
-                index += 1
+                self.sent_at.append(time.time())
                 next_at += interval
                 delay = next_at - time.monotonic()
                 if delay > 0:
@@ -83,3 +98,50 @@ class TrafficGenerator:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LabelFeeder:
+    """Delayed labels, as a fraud team's case outcomes would arrive: every ``every_s``, the
+    labels of requests sent more than ``delay_s`` ago are written as one Parquet file to
+    ``directory`` (request_id, target) — what the monitor and retrain join by request id."""
+
+    def __init__(self, traffic: TrafficGenerator, truth: dict[str, int], target: str, directory,
+                 delay_s: float = 15.0, every_s: float = 10.0) -> None:
+        from pathlib import Path
+
+        self.traffic, self.truth, self.target = traffic, truth, target
+        self.directory = Path(directory)
+        self.delay_s, self.every_s = delay_s, every_s
+        self.written = 0
+        self._done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labels", daemon=True)
+
+    def add_truth(self, truth: dict[str, int]) -> None:
+        self.truth.update(truth)
+
+    def _flush(self) -> None:
+        cutoff = time.time() - self.delay_s
+        sent_at, sent_ids = self.traffic.sent_at, self.traffic.sent_ids
+        upto = self._done
+        while upto < len(sent_at) and sent_at[upto] <= cutoff:
+            upto += 1
+        ids = [i for i in sent_ids[self._done:upto] if i in self.truth]
+        if ids:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            frame = pd.DataFrame({"request_id": ids, self.target: [self.truth[i] for i in ids]})
+            frame.to_parquet(self.directory / f"labels-{int(time.time() * 1000)}.parquet", index=False)
+            self.written += len(ids)
+        self._done = upto
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._flush()
+
+    def start(self) -> LabelFeeder:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)

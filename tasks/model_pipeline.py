@@ -154,6 +154,8 @@ def lineage_tags(prepared: PreparedData, validation: dict[str, Any]) -> dict[str
                                 f"expectations (run {validation['mlflow_run_id']})",
         "modelyard.packages": json.dumps(package_versions(), sort_keys=True),
         "modelyard.data_source": prepared.spec.data.source,
+        # Where relative paths of the spec (data, labels) start: a retrain reads them again.
+        "modelyard.spec_dir": str(prepared.spec.base_dir.resolve()),
     }
 
 

@@ -164,7 +164,9 @@ def infer_expectations(
     column: it exists; its type class (numeric, boolean, string or datetime; int and float are
     one class); no nulls if the reference has none; numeric columns within the reference range
     widened by ``range_tolerance`` of its span; ``categorical`` columns within the reference's
-    set of values. Value checks hold for at least ``validation.mostly`` of the rows.
+    set of values. Value checks hold for at least ``validation.mostly`` of the rows; numeric
+    ranges for ``validation.range_mostly`` when set (heavy tails: a fresh sample always has a few
+    values beyond the reference's range, while an unseen category or a null is a real break).
     """
     missing = [c for c in columns if c not in reference.columns]
     if missing:
@@ -210,7 +212,8 @@ def infer_expectations(
                     ExpectationSpec(
                         type="expect_column_values_to_be_between",
                         column=column,
-                        kwargs={"min_value": bounds[0], "max_value": bounds[1], "mostly": mostly},
+                        kwargs={"min_value": bounds[0], "max_value": bounds[1],
+                                "mostly": validation.range_mostly or mostly},
                     )
                 )
     return expectations

@@ -55,11 +55,52 @@ def alive(pids: set[int]) -> set[int]:
     return living
 
 
+class AlertReceiver:
+    """A local webhook receiver: what the alert notifications POST, kept in order."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    received.append(json.loads(body))
+                except ValueError:
+                    received.append({"raw": body.decode(errors="replace")})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 @pytest.fixture(scope="session")
-def sqlite_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A real embedded stack on SQLite, shared by the tests of one session."""
+def alert_receiver() -> Iterator[AlertReceiver]:
+    receiver = AlertReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_stack(tmp_path_factory: pytest.TempPathFactory, alert_receiver: AlertReceiver) -> Iterator[Stack]:
+    """A real embedded stack on SQLite, shared by the tests of one session; its alert
+    notifications go to a local receiver."""
     # Deploys started by registry events serve without a token here (the demo's choice).
-    stack = Stack(make_settings(tmp_path_factory.mktemp("stack-sqlite") / "state", serve_anonymous=True))
+    stack = Stack(make_settings(tmp_path_factory.mktemp("stack-sqlite") / "state", serve_anonymous=True,
+                                notify_url=alert_receiver.url))
     try:
         stack.up()
         yield stack

@@ -47,7 +47,12 @@ def test_alias_missed_while_the_bridge_was_down_is_deployed_by_the_reconciler(st
     assert active_version(stack_env.settings, "recon-bc") == result["version"]
     url = json.loads(path.read_text())["endpoint"]
     assert httpx.get(f"{url}/version", timeout=5).json()["version"] == result["version"]
-    actions = [r["action"] for r in ledger_from_settings(stack_env.settings).records(subject=f"recon-bc/{result['version']}")]
+    deadline = time.monotonic() + 60  # the flow records its outcome after the switch
+    while time.monotonic() < deadline:
+        actions = [r["action"] for r in ledger_from_settings(stack_env.settings).records(subject=f"recon-bc/{result['version']}")]
+        if "deploy.succeeded" in actions:
+            break
+        time.sleep(1)
     assert "registry.event.reconciled" in actions and "deploy.succeeded" in actions
     # Once it serves, there is nothing left to reconcile for it.
     assert all(m["model"] != "recon-bc" for m in reconcile(grace_s=0))

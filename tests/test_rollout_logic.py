@@ -133,3 +133,26 @@ def test_a_kubernetes_rollout_without_a_cluster_fails_with_the_reason(tmp_path):
     target = KubernetesTarget(settings, lambda model: spec)
     with pytest.raises(RolloutFailed, match="no-such-context"):
         kubernetes_blue_green(settings, "fraud", "3", target)
+
+
+def test_kpis_follow_the_ledger_alert_to_recovery():
+    from tasks.kpis import delivery_kpis, recovery_for
+
+    def rec(t: int, action: str, subject: str, **details) -> dict:
+        return {"time": f"2026-01-01T00:{t // 60:02d}:{t % 60:02d}+00:00", "action": action, "subject": subject, "details": details}
+
+    records = [
+        rec(0, "deploy.started", "m/1"), rec(5, "deploy.succeeded", "m/1", timeline=[{"step": "switched"}]),
+        rec(100, "monitor.drift.detected", "m/1", window_start="2026-01-01T00:01:00+00:00"),
+        rec(102, "retrain.started", "m"), rec(160, "retrain.finished", "m/2", outcome="promoted"),
+        rec(162, "deploy.started", "m/2"),
+        rec(200, "deploy.rolled_back", "m/3", reason="error_rate"),
+    ]
+    recovery = recovery_for(records, "m", "2", serving_at=records[5]["time"] and 1767225790.0)
+    assert recovery["alert"] == "monitor.drift.detected" and recovery["mttd_s"] == 40
+    assert recovery["retrain_s"] == 58
+    records.append(rec(190, "kpi.recovered", "m/2", **recovery))
+    records.append(rec(191, "deploy.succeeded", "m/2", timeline=[{"step": "switched"}]))
+    numbers = delivery_kpis(records, "m")
+    assert numbers["deployments"] == 2 and numbers["rollbacks"] == 1 and numbers["automatic_rollbacks"] == 1
+    assert numbers["success_rate"] == 2 / 3 and numbers["recoveries"] == 1 and numbers["mttd_s"] == 40

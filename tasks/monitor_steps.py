@@ -1,0 +1,245 @@
+"""The monitor flow's steps: the I/O around tasks/monitoring.py (registry, servers, MLflow,
+Prefect events), each a thin Prefect task."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from modelyard.settings import get_settings
+from modelyard.spec import ModelSpec
+from tasks import monitoring as m
+
+
+@dataclass
+class MonitorPlan:
+    model: str
+    version: str
+    spec: ModelSpec
+    run_id: str
+    server_url: str | None
+    deployed_at: float | None
+
+
+@task(name="monitor-plan", cache_policy=NO_CACHE)
+def plan_monitoring(model: str) -> MonitorPlan | None:
+    """What serves now, the spec it was built with, and where its server is."""
+    from deployments.strategies import active_version, history
+    from deployments.targets.factory import make_target
+    from tasks.registry import tracking_client, version_spec
+
+    settings = get_settings()
+    version = active_version(settings, model)
+    if version is None:
+        return None
+    client = tracking_client(settings)
+    spec = version_spec(client, model, version)
+    if spec is None:
+        return None
+    run_id = client.get_model_version(model, version).run_id
+    endpoint = None
+    try:
+        endpoint = make_target(settings, spec.serving.target).endpoint(model, version)
+    except Exception:  # noqa: BLE001 - a target we cannot reach gives no service verdict, not a crash
+        endpoint = None
+    since = [h["since"] for h in history(settings, model) if h["version"] == version]
+    return MonitorPlan(model, version, spec, run_id, endpoint.url if endpoint else None, since[-1] if since else None)
+
+
+@task(name="read-window", cache_policy=NO_CACHE)
+def read_window_task(plan: MonitorPlan) -> pd.DataFrame:
+    settings = get_settings()
+    state = m.load_monitor_state(settings, plan.model)
+    since = state.get("window_end") if state.get("version") == plan.version else None
+    since_dt = datetime.fromisoformat(since) if since else None
+    if since_dt is None and plan.deployed_at:
+        since_dt = datetime.fromtimestamp(plan.deployed_at, UTC)
+    return m.read_window(settings, plan.model, plan.version, since_dt, plan.spec.monitoring.window_s)
+
+
+@task(name="recent-traffic", cache_policy=NO_CACHE)
+def recent_traffic_task(plan: MonitorPlan) -> pd.DataFrame:
+    """Everything the version answered within the window horizon (for late-labelled performance)."""
+    since = datetime.fromtimestamp(plan.deployed_at, UTC) if plan.deployed_at else None
+    return m.read_window(get_settings(), plan.model, plan.version, since, plan.spec.monitoring.window_s)
+
+
+@task(name="reference-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def reference_task(plan: MonitorPlan) -> pd.DataFrame:
+    """The training snapshot logged with the version, with the version's own predictions on it
+    (cached per version): the baseline for input and prediction drift."""
+    import mlflow
+
+    from deployments.gates import replay_frame
+    from deployments.strategies import auth_headers
+
+    settings = get_settings()
+    cache = settings.state_dir / "monitor" / f"{plan.model}-v{plan.version}-reference.parquet"
+    if cache.exists():
+        return pd.read_parquet(cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=plan.run_id, artifact_path="reference/reference.parquet",
+                                                   dst_path=tmp, tracking_uri=settings.mlflow_url)
+        reference = pd.read_parquet(path)
+    if plan.server_url:
+        reference["prediction"] = replay_frame(reference, plan.server_url, auth_headers(settings))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    reference.to_parquet(cache, index=False)
+    return reference
+
+
+@task(name="validate-live-data", cache_policy=NO_CACHE)
+def validate_live_task(plan: MonitorPlan, inputs: pd.DataFrame) -> dict[str, Any]:
+    """The version's own GX suite (as recorded at registration) on the live inputs."""
+    import json
+
+    from modelyard.spec import ExpectationSpec
+    from tasks.model_pipeline import EXPECTATIONS_ARTIFACT
+    from tasks.registry import tracking_client
+    from tasks.validation import build_suite, validate_frame
+
+    client = tracking_client(get_settings())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(plan.run_id, EXPECTATIONS_ARTIFACT, tmp)
+        recorded = [ExpectationSpec.model_validate(item) for item in json.loads(Path(path).read_text())]
+    live = live_expectations(recorded, plan.spec.data.target)
+    report = validate_frame(inputs, build_suite(f"{plan.model}-live-data", live))
+    return {"success": report.success, "evaluated": report.evaluated, "failed": len(report.failed),
+            "failures": [{"expectation": f.expectation, "column": f.column, "unexpected": f.unexpected_count}
+                         for f in report.failed]}
+
+
+def live_expectations(recorded: list, target: str) -> list:
+    """The training suite as it applies to live inputs: nothing about the target (live rows
+    carry no labels), the table's column set without it."""
+    live = []
+    for expectation in recorded:
+        if expectation.column == target:
+            continue
+        kwargs = dict(expectation.kwargs)
+        for key in ("column_set", "column_list"):
+            if isinstance(kwargs.get(key), list) and target in kwargs[key]:
+                kwargs[key] = [c for c in kwargs[key] if c != target]
+        live.append(expectation.model_copy(update={"kwargs": kwargs}))
+    return live
+
+
+@task(name="drift", cache_policy=NO_CACHE)
+def drift_task(plan: MonitorPlan, reference: pd.DataFrame, window: pd.DataFrame, report_dir: str) -> dict[str, Any]:
+    """Evidently drift of inputs and predictions; its HTML and JSON written to ``report_dir``."""
+    from tasks.drift import analyse_drift, drift_report_files
+
+    inputs = m.window_inputs(window)
+    columns = [c for c in inputs.columns if c in reference.columns]
+    categorical = [c for c in columns if c in set(plan.spec.data.categorical or [])
+                   or not pd.api.types.is_numeric_dtype(reference[c])]
+    current = inputs[columns].copy()
+    prediction_column = None
+    if "prediction" in reference.columns:
+        current["prediction"] = window["prediction"].to_numpy()
+        prediction_column = "prediction"
+        if plan.spec.is_classification:  # class labels drift as categories
+            categorical = [*categorical, "prediction"]
+    result, snapshot = analyse_drift(reference, current, columns, categorical, prediction_column=prediction_column,
+                                     drift_share=plan.spec.monitoring.drift_share,
+                                     max_rows=plan.spec.monitoring.max_rows)
+    if snapshot is not None:
+        drift_report_files(snapshot, Path(report_dir))
+    return result.as_dict()
+
+
+@task(name="performance", cache_policy=NO_CACHE)
+def performance_task(plan: MonitorPlan, window: pd.DataFrame) -> m.PerformanceVerdict:
+    from tasks.registry import tracking_client
+
+    settings = get_settings()
+    labels = m.read_labels(m.labels_location(settings, plan.spec), plan.spec.data.target)
+    run = tracking_client(settings).get_run(plan.run_id)
+    baseline = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
+    return m.performance_verdict(window, labels, plan.spec, baseline)
+
+
+@task(name="service-health", cache_policy=NO_CACHE)
+def service_task(plan: MonitorPlan) -> tuple[m.ServiceVerdict | None, dict | None]:
+    from deployments.gates import scrape
+    from deployments.strategies import auth_headers
+
+    if not plan.server_url:
+        return None, None
+    settings = get_settings()
+    state = m.load_monitor_state(settings, plan.model)
+    previous = state.get("metrics") if state.get("version") == plan.version else None
+    now = m.snapshot_dict(scrape(plan.server_url, auth_headers(settings)))
+    return m.service_verdict(previous, now, plan.spec), now
+
+
+@task(name="log-monitoring", cache_policy=NO_CACHE)
+def log_monitoring_task(plan: MonitorPlan, verdict: m.WindowVerdict, report_dir: str) -> str | None:
+    """An MLflow run in ``<model>-monitoring`` with the numbers and Evidently's HTML and JSON;
+    returns the URL of the HTML report."""
+    from mlflow import MlflowClient
+
+    settings = get_settings()
+    client = MlflowClient(settings.mlflow_url)
+    name = f"{plan.model}-monitoring"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    run = client.create_run(experiment_id, run_name=f"v{plan.version} {verdict.window_end}",
+                            tags={"modelyard.model": plan.model, "modelyard.version": plan.version,
+                                  "modelyard.status": verdict.status})
+    metrics = {"rows": verdict.rows}
+    if verdict.drift:
+        metrics |= {"drift_share": verdict.drift["drift_share"], "drifted_columns": verdict.drift["drifted_columns"]}
+    if verdict.performance and verdict.performance.value is not None:
+        metrics[f"live_{verdict.performance.metric}"] = verdict.performance.value
+    if verdict.service:
+        metrics["error_rate"] = verdict.service.error_rate
+        if verdict.service.p99_ms is not None:
+            metrics["p99_ms"] = verdict.service.p99_ms
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key, float(value))
+    client.log_dict(run.info.run_id, verdict.as_dict(), "verdict.json")
+    html = None
+    for path in sorted(Path(report_dir).glob("*")):
+        client.log_artifact(run.info.run_id, str(path), "evidently")
+        if path.suffix == ".html":
+            html = f"{settings.mlflow_url}/get-artifact?path=evidently/{path.name}&run_uuid={run.info.run_id}"
+    client.set_terminated(run.info.run_id)
+    return html
+
+
+@task(name="raise-alerts", cache_policy=NO_CACHE)
+def raise_alerts_task(plan: MonitorPlan, alerts: list[m.Alert]) -> list[str]:
+    """One Prefect event per alert, with the numbers; the same in the audit ledger."""
+    from prefect.events import emit_event
+
+    from tasks.audit import record_audit_event
+
+    emitted = []
+    for alert in alerts:
+        emit_event(event=alert.event,
+                   resource={"prefect.resource.id": f"modelyard.model.{plan.model}",
+                             "prefect.resource.name": plan.model, "modelyard.model": plan.model,
+                             "modelyard.version": plan.version,
+                             "modelyard.fresh": str(bool(alert.numbers.get("fresh_version"))).lower()},
+                   payload={"reason": alert.reason, **alert.numbers})
+        record_audit_event(f"monitor.{alert.event.removeprefix('modelyard.')}", f"{plan.model}/{plan.version}",
+                           {"reason": alert.reason, **alert.numbers})
+        emitted.append(alert.event)
+    return emitted
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,265 @@
+"""Monitoring stage logic: judge one window of a deployed model's traffic.
+
+A window is what the prediction log holds for the serving version since the last judged
+window (at most ``monitoring.window_s`` back). It is judged four ways, each a plain function:
+
+- **data validity** — the model's own GX suite (#3) on the live inputs; invalid data raises
+  ``modelyard.data.invalid`` and nothing else: drift measured on broken data would start a
+  retrain on broken data;
+- **drift** — Evidently, inputs and predictions against the reference the version was
+  trained on (see tasks/drift.py);
+- **performance** — once delayed labels arrive (joined by request id), the primary metric
+  against the version's evaluation baseline;
+- **service health** — error rate and p99 from the server's own metrics over the interval.
+
+The verdict lists the alerts to raise as Prefect events, each carrying its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deployments.server.prediction_log import inputs_frame, read_prediction_log
+from modelyard.settings import Settings
+from modelyard.spec import ModelSpec
+
+DRIFT = "modelyard.drift.detected"
+PERFORMANCE = "modelyard.performance.degraded"
+SERVICE = "modelyard.service.degraded"
+INVALID = "modelyard.data.invalid"
+ALERT_EVENTS = (DRIFT, PERFORMANCE, SERVICE, INVALID)
+
+
+@dataclass
+class Alert:
+    event: str
+    reason: str
+    numbers: dict[str, Any]
+
+
+@dataclass
+class PerformanceVerdict:
+    rows: int
+    metric: str
+    value: float | None
+    baseline: float | None
+    drop: float | None
+    degraded: bool
+
+
+@dataclass
+class ServiceVerdict:
+    requests: int
+    error_rate: float
+    p99_ms: float | None
+    degraded: bool
+
+
+@dataclass
+class WindowVerdict:
+    model: str
+    version: str
+    window_start: str | None
+    window_end: str | None
+    rows: int
+    status: str  # "ok", "alert", "insufficient data"
+    data_valid: bool | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    drift: dict[str, Any] | None = None
+    performance: PerformanceVerdict | None = None
+    service: ServiceVerdict | None = None
+    alerts: list[Alert] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+# --- the window -------------------------------------------------------------------------
+
+def monitor_state_path(settings: Settings, model: str) -> Path:
+    return settings.state_dir / "monitor" / f"{model}.json"
+
+
+def load_monitor_state(settings: Settings, model: str) -> dict[str, Any]:
+    try:
+        return json.loads(monitor_state_path(settings, model).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_monitor_state(settings: Settings, model: str, state: dict[str, Any]) -> None:
+    path = monitor_state_path(settings, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, default=str))
+
+
+def read_window(settings: Settings, model: str, version: str, since: datetime | None,
+                window_s: int, now: datetime | None = None) -> pd.DataFrame:
+    """The version's logged rows after ``since`` (exclusive), at most ``window_s`` back."""
+    now = now or datetime.now(UTC)
+    earliest = now - timedelta(seconds=window_s)
+    start = max(since, earliest) if since is not None else earliest
+    log = read_prediction_log(settings.prediction_log_dir, model, version, since=start)
+    if since is not None and not log.empty:
+        log = log[log["time"] > pd.Timestamp(since)]
+    return log.reset_index(drop=True)
+
+
+# --- labels and performance ---------------------------------------------------------------
+
+def labels_location(settings: Settings, spec: ModelSpec) -> Path:
+    if spec.monitoring.labels:
+        path = Path(spec.monitoring.labels)
+        return path if path.is_absolute() else spec.base_dir / path
+    return settings.state_dir / "labels" / spec.name
+
+
+def read_labels(location: Path, target: str) -> pd.DataFrame:
+    """Delayed labels (request_id → target) from a CSV/Parquet file or a folder of them."""
+    files = sorted(location.glob("*.parquet")) + sorted(location.glob("*.csv")) if location.is_dir() else \
+        ([location] if location.exists() else [])
+    frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f) for f in files]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=["request_id", target])
+    labels = pd.concat(frames, ignore_index=True)
+    missing = {"request_id", target} - set(labels.columns)
+    if missing:
+        raise ValueError(f"labels at {location} lack columns {sorted(missing)}")
+    labels["request_id"] = labels["request_id"].astype(str)
+    return labels[["request_id", target]].drop_duplicates("request_id", keep="last")
+
+
+def performance_verdict(window: pd.DataFrame, labels: pd.DataFrame, spec: ModelSpec,
+                        baseline: dict[str, float]) -> PerformanceVerdict:
+    """The primary metric on the window's labelled rows against the evaluation baseline."""
+    from tasks.evaluation import classification_metrics, higher_is_better, regression_metrics
+
+    metric = spec.metrics.primary
+    target = spec.data.target
+    joined = window.merge(labels, on="request_id", how="inner") if not window.empty else window
+    rows = len(joined)
+    base = baseline.get(metric)
+    if rows < spec.monitoring.min_labelled_rows:
+        return PerformanceVerdict(rows, metric, None, base, None, False)
+    y_true = joined[target].to_numpy()
+    y_pred = joined["prediction"].to_numpy()
+    if spec.is_classification:
+        proba, classes = None, sorted(pd.unique(np.concatenate([y_true, y_pred])).tolist())
+        if "probability" in joined.columns and joined["probability"].notna().all():
+            proba = np.vstack(joined["probability"].to_numpy())
+            if proba.shape[1] == len(classes):
+                pass
+            elif proba.shape[1] == 2:
+                classes = [0, 1]
+            else:
+                proba = None
+        try:
+            values = classification_metrics(y_true, y_pred, proba, classes)
+        except ValueError:  # one class only in the labelled rows: AUC undefined
+            values = classification_metrics(y_true, y_pred, None, classes)
+    else:
+        values = regression_metrics(y_true, y_pred)
+    value = values.get(metric)
+    if value is None or base is None:
+        return PerformanceVerdict(rows, metric, value, base, None, False)
+    drop = (base - value) if higher_is_better(metric) else (value - base)
+    return PerformanceVerdict(rows, metric, value, base, drop, drop > spec.monitoring.max_performance_drop)
+
+
+# --- service health ---------------------------------------------------------------------
+
+def service_verdict(before: dict | None, after: dict, spec: ModelSpec) -> ServiceVerdict:
+    """Error rate and p99 between two scrapes of the serving version's /metrics."""
+    from deployments import gates as g
+
+    def snapshot(raw: dict | None) -> g.MetricsSnapshot:
+        raw = raw or {"by_status": {}, "latency_buckets": {}}
+        return g.MetricsSnapshot({int(k): v for k, v in raw["by_status"].items()},
+                                 {float(k): v for k, v in raw["latency_buckets"].items()})
+
+    window = g.service_window(snapshot(before), snapshot(after))
+    degraded = window.requests > 0 and (window.error_rate > spec.monitoring.max_error_rate
+                                        or (window.p99_ms is not None and window.p99_ms > spec.monitoring.max_p99_ms))
+    return ServiceVerdict(window.requests, window.error_rate, window.p99_ms, degraded)
+
+
+def snapshot_dict(snapshot) -> dict:
+    return {"by_status": {str(k): v for k, v in snapshot.by_status.items()},
+            "latency_buckets": {str(k): v for k, v in snapshot.latency_buckets.items()}}
+
+
+# --- alerts -------------------------------------------------------------------------------
+
+def decide_alerts(verdict: WindowVerdict, spec: ModelSpec, fresh_version: bool) -> list[Alert]:
+    """Which events this window raises. Invalid data raises only ``data.invalid``."""
+    alerts: list[Alert] = []
+    base = {"model": verdict.model, "version": verdict.version, "rows": verdict.rows,
+            "window_start": verdict.window_start, "window_end": verdict.window_end}
+    if verdict.data_valid is False:
+        alerts.append(Alert(INVALID, f"{verdict.validation.get('failed', '?')} expectations failed on live data",
+                            base | {"failed": verdict.validation.get("failed"),
+                                    "failures": verdict.validation.get("failures", [])[:5]}))
+    elif verdict.drift is not None and (verdict.drift.get("dataset_drift") or
+                                        (verdict.drift.get("prediction") or {}).get("drifted")):
+        drift = verdict.drift
+        alerts.append(Alert(DRIFT, f"{drift['drifted_columns']} of {drift['n_columns']} features drifted "
+                                   f"(share {drift['drift_share']:.2f})",
+                            base | {"drift_share": drift["drift_share"], "drifted_columns": drift["drifted_columns"],
+                                    "top_features": [f["column"] for f in drift["features"][:5] if f["drifted"]],
+                                    "prediction_drift": (drift.get("prediction") or {}).get("drifted", False)}))
+    perf = verdict.performance
+    if perf is not None and perf.degraded and verdict.data_valid is not False:
+        alerts.append(Alert(PERFORMANCE, f"{perf.metric} {perf.value:.4f} vs {perf.baseline:.4f} at evaluation",
+                            base | {"metric": perf.metric, "value": perf.value, "baseline": perf.baseline,
+                                    "drop": perf.drop, "labelled_rows": perf.rows}))
+    service = verdict.service
+    if service is not None and service.degraded:
+        alerts.append(Alert(SERVICE, f"error rate {service.error_rate:.3f}, p99 {service.p99_ms or 0:.1f} ms",
+                            base | {"error_rate": service.error_rate, "p99_ms": service.p99_ms,
+                                    "requests": service.requests, "fresh_version": fresh_version}))
+    return alerts
+
+
+def verdict_markdown(verdict: WindowVerdict, report_url: str | None = None) -> str:
+    lines = [f"# Monitor: {verdict.model} v{verdict.version} — {verdict.status.upper()}", "",
+             f"Window {verdict.window_start} → {verdict.window_end}, {verdict.rows} rows.", ""]
+    if verdict.alerts:
+        lines += ["## Alerts", ""] + [f"- **{a.event}**: {a.reason}" for a in verdict.alerts] + [""]
+    if verdict.data_valid is not None:
+        lines.append(f"- Data valid (GX suite): **{verdict.data_valid}** "
+                     f"({verdict.validation.get('failed', 0)} of {verdict.validation.get('evaluated', 0)} failed)")
+    if verdict.drift:
+        d = verdict.drift
+        lines.append(f"- Drift: dataset drift **{d['dataset_drift']}**, {d['drifted_columns']}/{d['n_columns']} "
+                     f"features (share {d['drift_share']:.2f}); {d.get('error_bound', '')}")
+        if d.get("prediction"):
+            p = d["prediction"]
+            lines.append(f"- Prediction drift: **{p['drifted']}** ({p['method']} {p['score']:.4g}, threshold {p['threshold']:.4g})")
+        lines += ["", "| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
+        lines += [f"| {f['column']} | {f['method']} | {f['score']:.4g} | {f['threshold']:.4g} | {'**yes**' if f['drifted'] else 'no'} |"
+                  for f in d["features"][:10]]
+        lines.append("")
+    if verdict.performance is not None:
+        p = verdict.performance
+        lines.append(f"- Performance: {p.metric} = {p.value if p.value is None else round(p.value, 4)} on {p.rows} "
+                     f"labelled rows (evaluation {p.baseline if p.baseline is None else round(p.baseline, 4)}); "
+                     f"degraded **{p.degraded}**")
+    if verdict.service is not None:
+        s = verdict.service
+        lines.append(f"- Service: {s.requests} requests, error rate {s.error_rate:.4f}, p99 "
+                     f"{'n/a' if s.p99_ms is None else f'{s.p99_ms:.1f} ms'}; degraded **{s.degraded}**")
+    if report_url:
+        lines += ["", f"[Evidently report]({report_url})"]
+    return "\n".join(lines) + "\n"
+
+
+def window_inputs(window: pd.DataFrame) -> pd.DataFrame:
+    return inputs_frame(window)

@@ -37,7 +37,7 @@ test: install system-deps
 	bash infra/docker/build-base-image.sh modelyard/base:bookworm
 	export MODELYARD_TEST_POSTGRES_URL="$$(bash infra/scripts/start-postgres.sh | tail -n 1)" && \
 	export MODELYARD_DOCKER_BASE_IMAGE=modelyard/base:bookworm && \
-	$(BIN)/python -m pytest -q -rfEs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rfEs --durations=30 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not stack" $(PYTEST_ARGS)

@@ -66,7 +66,7 @@ def fresh_data_task(spec) -> dict:
         raw["data"]["source"] = str((spec.base_dir / spec.data.source).resolve())
     spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return {"data_path": str(data_path), "spec_path": str(spec_path), "source_rows": len(source),
-            "labelled_traffic_rows": traffic_rows, "traffic_rows_used": used}
+            "labelled_traffic_rows": traffic_rows, "used_traffic_rows": used}
 
 
 @flow(name="retrain", log_prints=True)

@@ -5,22 +5,29 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TOOLS ?= .venv-tools
+UV := $(TOOLS)/bin/uv
 TEST_PACKAGES := postgresql chromium nginx wrk
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout
+.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout bench-monitoring
 
 help:
 	@echo "make demo    set everything up, start the stack, run the lifecycle demo"
 	@echo "make test    set everything up and run the whole test suite"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml"
 
-$(BIN)/.installed: requirements.lock pyproject.toml
+# uv lives in its own small venv: `uv pip sync` removes from the project venv whatever the lock
+# does not list (pip and uv included), so a second install must not depend on them.
+$(UV):
 	@$(PYTHON) -c "import ensurepip" 2>/dev/null || bash infra/scripts/install-system-packages.sh python3-venv python3-pip
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
+
+$(BIN)/.installed: requirements.lock pyproject.toml $(UV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 
 install: $(BIN)/.installed
@@ -42,8 +49,8 @@ test: install system-deps
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not stack" $(PYTEST_ARGS)
 
-lock:
-	uv pip compile -q pyproject.toml --extra test -o requirements.lock --python-version 3.11 --generate-hashes
+lock: $(UV)
+	$(UV) pip compile -q pyproject.toml --extra test -o requirements.lock --python-version 3.11 --generate-hashes
 
 stack-up: install
 	$(BIN)/modelyard stack up
@@ -62,3 +69,6 @@ bench-serving: install
 bench-rollout: install
 	bash infra/scripts/install-system-packages.sh wrk nginx
 	MODELYARD_SERVE_ANONYMOUS=true $(BIN)/python infra/bench/rollout.py
+
+bench-monitoring: install
+	$(BIN)/python infra/bench/monitoring.py

@@ -68,7 +68,9 @@ bench-serving: install
 
 bench-rollout: install
 	bash infra/scripts/install-system-packages.sh wrk nginx
-	MODELYARD_SERVE_ANONYMOUS=true $(BIN)/python infra/bench/rollout.py
+	bash infra/scripts/start-docker.sh && bash infra/docker/build-base-image.sh modelyard/base:bookworm
+	MODELYARD_SERVE_ANONYMOUS=true MODELYARD_DOCKER_BASE_IMAGE=$${MODELYARD_DOCKER_BASE_IMAGE:-modelyard/base:bookworm} \
+		$(BIN)/python infra/bench/rollout.py
 
 bench-monitoring: install
 	$(BIN)/python infra/bench/monitoring.py

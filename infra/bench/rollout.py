@@ -207,7 +207,11 @@ def docker_rollout(settings: Settings, router, version: str, payload: str) -> di
     target = DockerTarget(settings)
     print("3. docker target: image build, start, blue/green under wrk …", flush=True)
     began = time.monotonic()
-    image = target.build_image(MODEL, version)
+    try:
+        image = target.build_image(MODEL, version)
+    except Exception as error:  # noqa: BLE001 - report it instead of losing the other results
+        print(f"3. docker: image build failed ({error})", flush=True)
+        return {"skipped": f"image build failed: {str(error)[:300]}"}
     build_s = time.monotonic() - began
     result = timed_rollout("docker blue/green", router.url(MODEL), payload, 40,
                            lambda: strategies.blue_green(settings, MODEL, version, target, router)

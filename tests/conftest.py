@@ -14,6 +14,14 @@ from modelyard.settings import Settings
 from modelyard.stack import PROCESS_COMPONENTS, Stack
 
 
+def quiet(spec: dict) -> dict:
+    """A test spec kept out of the monitoring loop's way: its scheduled monitor runs hourly and
+    its alerts start no retrain. Tests of the loop itself (test_monitoring.py) set their own."""
+    spec["monitoring"] = {**spec.get("monitoring", {}), "interval_s": 3600}
+    spec["retrain"] = {**spec.get("retrain", {}), "automatic": False}
+    return spec
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

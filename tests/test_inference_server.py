@@ -18,6 +18,8 @@ import pytest
 import requests
 import yaml
 
+from tests.conftest import quiet
+
 from deployments.server.prediction_log import read_prediction_log
 from modelyard.stack import Stack
 from tests.servers import ServerProcess, start_server
@@ -39,7 +41,7 @@ def _train(name: str, estimator: dict, folder: Path) -> str:
     spec["estimator"] = estimator
     spec["policy"] = {"min_metrics": {"roc_auc": 0.6}}
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(quiet(spec)))
     outcome = model_pipeline(str(path))
     assert outcome["passed"]
     return outcome["version"]

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import quiet
+
 from modelyard.integrity import artifact_digest
 from modelyard.ledger import ledger_from_settings
 from modelyard.stack import Stack
@@ -31,7 +33,7 @@ def _write_spec(path: Path, base: str, **changes) -> Path:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(quiet(spec)))
     return path
 
 

@@ -160,14 +160,15 @@ def test_invalid_live_data_raises_data_invalid_and_never_retrains(stack_env: Sta
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retrain-on-alert"])),
                                      flow_run_filter=FlowRunFilter())
-    mine = [r for r in runs if r.parameters.get("model") == MODEL and r.created.timestamp() >= started]
-    assert mine == []
-    from datetime import datetime
-
-    later = [r for r in ledger_from_settings(stack_env.settings).records()
-             if r["subject"] == MODEL and r["action"].startswith("retrain")
-             and datetime.fromisoformat(r["time"]).timestamp() >= started]
-    assert later == []
+    # Runs the earlier tests' drift and performance alerts started may still be arriving; none
+    # may come from this alert.
+    from_invalid = [r for r in runs if r.parameters.get("model") == MODEL
+                    and r.parameters.get("reason") == "modelyard.data.invalid"]
+    assert from_invalid == []
+    assert not [r for r in ledger_from_settings(stack_env.settings).records()
+                if r["subject"] == MODEL and r["action"].startswith("retrain")
+                and r["details"].get("reason") == "modelyard.data.invalid"]
+    assert started > 0
 
 
 def test_a_burst_of_drift_events_starts_exactly_one_retrain(stack_env: Stack, tmp_path: Path):
@@ -176,8 +177,8 @@ def test_a_burst_of_drift_events_starts_exactly_one_retrain(stack_env: Stack, tm
     from flows.pipeline import model_pipeline
 
     model = "burst-bc"
-    first = model_pipeline(str(_spec(tmp_path, model, retrain={"automatic": True, "cooldown_s": 3600,
-                                                               "include_traffic": False})))
+    first = model_pipeline(str(_spec(tmp_path, model, monitoring={"interval_s": 3600},
+                                     retrain={"automatic": True, "cooldown_s": 3600, "include_traffic": False})))
     for n in range(20):
         emit_event(event="modelyard.drift.detected",
                    resource={"prefect.resource.id": f"modelyard.model.{model}", "modelyard.model": model,

@@ -11,6 +11,8 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import quiet
+
 from deployments.strategies import active_version
 from modelyard.ledger import ledger_from_settings
 from modelyard.stack import REGISTRY_BRIDGE, Stack
@@ -28,7 +30,7 @@ def test_alias_missed_while_the_bridge_was_down_is_deployed_by_the_reconciler(st
     spec["name"] = "recon-bc"
     spec["serving"] = {"strategy": "blue_green"}
     spec_path = tmp_path / "recon-bc.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
+    spec_path.write_text(yaml.safe_dump(quiet(spec)))
 
     assert stack_env.processes.stop(REGISTRY_BRIDGE)
     try:

@@ -11,7 +11,6 @@ version decides — and models with a rollout in progress are left alone.
 
 from __future__ import annotations
 
-import fcntl
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,19 +67,6 @@ def recently_in_flight(records: list[dict], now: datetime, grace_s: float) -> di
         if model and version:
             found.setdefault(model, set()).add(version)
     return found
-
-
-def rollout_in_progress(settings: Settings, model: str) -> bool:
-    path = settings.state_dir / "serving" / f"{model}.lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def registry_champions(settings: Settings) -> dict[str, str]:

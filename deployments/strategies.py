@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
@@ -99,11 +101,30 @@ def _serving_dir(settings: Settings):
     return path
 
 
-def active_version(settings: Settings, model: str) -> str | None:
+def active_record(settings: Settings, model: str) -> dict | None:
+    """What serves the model's stable endpoint now: ``{"version", "endpoint", "since"}``."""
     try:
-        return json.loads((settings.state_dir / "serving" / f"{model}.active.json").read_text())["version"]
-    except (FileNotFoundError, KeyError, ValueError):
+        record = json.loads((settings.state_dir / "serving" / f"{model}.active.json").read_text())
+    except (FileNotFoundError, ValueError):
         return None
+    return record if "version" in record else None
+
+
+def active_version(settings: Settings, model: str) -> str | None:
+    record = active_record(settings, model)
+    return record["version"] if record else None
+
+
+def wait_active(settings: Settings, model: str, version: str, timeout_s: float, poll_s: float = 1.0) -> dict | None:
+    """The active record once ``version`` serves the model (a deploy started elsewhere, e.g. by a
+    registry event, has finished its switch), or None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = active_record(settings, model)
+        if record is not None and record["version"] == version:
+            return record
+        time.sleep(poll_s)
+    return None
 
 
 def history(settings: Settings, model: str) -> list[dict]:
@@ -117,7 +138,9 @@ def history(settings: Settings, model: str) -> list[dict]:
 def record_active(settings: Settings, model: str, version: str, url: str, strategy: str) -> None:
     directory = _serving_dir(settings)
     now = time.time()
-    (directory / f"{model}.active.json").write_text(json.dumps({"version": version, "endpoint": url, "since": now}))
+    staged = directory / f".{model}.active.json.tmp"
+    staged.write_text(json.dumps({"version": version, "endpoint": url, "since": now}))
+    os.replace(staged, directory / f"{model}.active.json")  # readers never see half a file
     entries = history(settings, model) + [{"version": version, "since": now, "strategy": strategy}]
     (directory / f"{model}.history.json").write_text(json.dumps(entries[-50:]))
 
@@ -135,24 +158,43 @@ def record_refused(settings: Settings, model: str, version: str, reason: str) ->
     (_serving_dir(settings) / f"{model}.refused.json").write_text(json.dumps(refused))
 
 
+def _lock_path(settings: Settings, model: str) -> Path:
+    return _serving_dir(settings) / f"{model}.lock"
+
+
+def _try_lock(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 @contextmanager
 def model_lock(settings: Settings, model: str, timeout_s: float = 900) -> Iterator[None]:
     """One rollout per model at a time, across processes (an event and the reconciler may race)."""
-    path = _serving_dir(settings) / f"{model}.lock"
-    with open(path, "a+") as handle:
+    with open(_lock_path(settings, model), "a+") as handle:
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RolloutFailed(f"another rollout of {model} held the lock for {timeout_s:.0f} s", []) from None
-                time.sleep(0.5)
+        while not _try_lock(handle):
+            if time.monotonic() > deadline:
+                raise RolloutFailed(f"another rollout of {model} held the lock for {timeout_s:.0f} s", [])
+            time.sleep(0.5)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def rollout_in_progress(settings: Settings, model: str) -> bool:
+    """Whether some process holds the model's rollout lock now (probed without waiting)."""
+    path = _lock_path(settings, model)
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        if not _try_lock(handle):
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 # --- shared steps -----------------------------------------------------------------------
@@ -236,6 +278,23 @@ def _compare_on_replay(settings: Settings, model: str, new: Endpoint, old: Endpo
     return g.compare_predictions(reference, logged["prediction"].to_numpy(), categorical, tolerance)
 
 
+def _switch_without_comparison(settings: Settings, model: str, version: str, target: Target, router: NginxRouter,
+                               old: Endpoint | None, strategy: str) -> Rollout:
+    """Canary and shadow compare against the serving version; with none (or this one) serving,
+    there is nothing to compare, so the version goes straight in as with blue/green."""
+    rollout = blue_green(settings, model, version, target, router)
+    rollout.step(f"{strategy} skipped", True, "no version was serving to compare against" if old is None
+                 else "already serving")
+    return rollout
+
+
+def _record_gates(rollout: Rollout, step: str, results: list[g.GateResult], **data) -> bool:
+    """Put the gate results on the timeline; True when every gate passed."""
+    ok = all(r.ok for r in results)
+    rollout.step(step, ok, "; ".join(r.describe() for r in results), gates=g.results_dicts(results), **data)
+    return ok
+
+
 def _bake(settings: Settings, target: Target, rollout: Rollout, new: Endpoint, seconds: float) -> None:
     """Wait out a bake, failing early if the new version dies."""
     deadline = time.monotonic() + seconds
@@ -251,10 +310,7 @@ def canary(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
     old = _baseline(settings, target, model)
     if old is None or old.version == version:
-        rollout = blue_green(settings, model, version, target, router)
-        rollout.step("canary skipped", True, "no version was serving to compare against" if old is None
-                     else "already serving")
-        return rollout
+        return _switch_without_comparison(settings, model, version, target, router, old, "canary")
     rollout = Rollout(model, version, old.version, "canary")
     new = _start_and_smoke(settings, target, rollout)
     headers = auth_headers(settings)
@@ -282,10 +338,7 @@ def canary(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
             _roll_back(settings, target, router, rollout, old)
             raise RolloutFailed(reason, rollout.timeline) from error
         results = g.judge(plan.gates, new_window, old_window, model_window)
-        ok = all(r.ok for r in results)
-        rollout.step(f"gates @ {percent}%", ok, "; ".join(r.describe() for r in results),
-                     gates=g.results_dicts(results))
-        if not ok:
+        if not _record_gates(rollout, f"gates @ {percent}%", results):
             reason = f"canary gate failed at {percent}%: {g.failures(results)}"
             _roll_back(settings, target, router, rollout, old)
             raise RolloutFailed(reason, rollout.timeline)
@@ -314,10 +367,7 @@ def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
     old = _baseline(settings, target, model)
     if old is None or old.version == version:
-        rollout = blue_green(settings, model, version, target, router)
-        rollout.step("shadow skipped", True, "no version was serving to compare against" if old is None
-                     else "already serving")
-        return rollout
+        return _switch_without_comparison(settings, model, version, target, router, old, "shadow")
     rollout = Rollout(model, version, old.version, "shadow", endpoint_url=router.url(model))
     new = _start_and_smoke(settings, target, rollout)
     headers = auth_headers(settings)
@@ -342,10 +392,7 @@ def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
     results = g.judge(plan.gates, window, old_window, model_window)
     if model_window is None:
         results.append(g.GateResult("compared_rows", 0, plan.gates.min_requests, False))
-    ok = all(r.ok for r in results)
-    rollout.step("shadow gates", ok, "; ".join(r.describe() for r in results), gates=g.results_dicts(results),
-                 compared_rows=model_window.rows if model_window else 0)
-    if not ok:
+    if not _record_gates(rollout, "shadow gates", results, compared_rows=model_window.rows if model_window else 0):
         target.stop(model, version)
         rollout.step("rolled back", True, f"v{old.version} kept serving; v{version} stopped")
         raise RolloutFailed(f"shadow gate failed: {g.failures(results)}", rollout.timeline)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import tempfile
 import time
-from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from modelyard.settings import get_settings
 from tasks import monitoring as m
 from tasks.monitor_steps import (
     drift_task, log_monitoring_task, performance_task, plan_monitoring, raise_alerts_task,
-    read_window_task, recent_traffic_task, reference_task, service_task, validate_live_task,
+    read_window_task, recent_traffic_task, reference_task, save_state_task, service_task, validate_live_task,
 )
 
 
@@ -56,15 +54,7 @@ def monitor(model: str) -> dict:
                              markdown=m.verdict_markdown(verdict, report_url),
                              description=f"{model} v{plan.version}: {verdict.status}")
     raise_alerts_task(plan, verdict.alerts)
-    state = m.load_monitor_state(get_settings(), model)
-    if state.get("version") != plan.version:
-        state = {}
-    state |= {"version": plan.version, "judged_at": datetime.now(UTC).isoformat()}
-    if end is not None and verdict.status != "insufficient data":
-        state["window_end"] = end  # the next window starts after this one
-    if metrics_now is not None:
-        state["metrics"] = metrics_now
-    m.save_monitor_state(get_settings(), model, state)
+    save_state_task(plan, verdict, metrics_now)
     print(f"{model} v{plan.version}: {verdict.status} ({verdict.rows} rows"
           f"{'; ' + ', '.join(a.event for a in verdict.alerts) if verdict.alerts else ''})")
     return verdict.as_dict()

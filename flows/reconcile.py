@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger, task
 
 from deployments.bridge import emit_prefect_event
 from deployments.reconcile import (
-    alias_event, missed_deploys, recently_in_flight, registry_champions, rollout_in_progress,
+    alias_event, missed_deploys, recently_in_flight, registry_champions,
 )
-from deployments.strategies import active_version, history, refused_versions
+from deployments.strategies import active_version, history, refused_versions, rollout_in_progress
 from modelyard.ledger import ledger_from_settings
 from modelyard.settings import get_settings
 from tasks.audit import record_audit_event

@@ -210,19 +210,12 @@ DEMO_SPEC = "specs/fraud.yaml"
 
 def _wait_for_deploy(settings, model: str, version: str, timeout_s: float = 180) -> str | None:
     """The stable endpoint once the event-triggered deploy serves ``version``, else None."""
-    import time
+    from deployments.strategies import wait_active, wait_serving
 
-    from deployments.strategies import wait_serving
-
-    path = settings.state_dir / "serving" / f"{model}.active.json"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists():
-            active = json.loads(path.read_text())
-            if active.get("version") == version and wait_serving(settings, active["endpoint"], version, 5):
-                return active["endpoint"]
-        time.sleep(2)
-    return None
+    active = wait_active(settings, model, version, timeout_s, poll_s=2)
+    if active is None or not wait_serving(settings, active["endpoint"], version, 5):
+        return None
+    return active["endpoint"]
 
 
 def _rollout_record(settings, model: str, version: str) -> dict | None:

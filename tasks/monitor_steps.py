@@ -27,6 +27,7 @@ class MonitorPlan:
     run_id: str
     server_url: str | None
     deployed_at: float | None
+    previous: dict[str, Any]  # what the last run of this version left: where its window ended, metrics
 
 
 @task(name="monitor-plan", cache_policy=NO_CACHE)
@@ -51,14 +52,16 @@ def plan_monitoring(model: str) -> MonitorPlan | None:
     except Exception:  # noqa: BLE001 - a target we cannot reach gives no service verdict, not a crash
         endpoint = None
     since = [h["since"] for h in history(settings, model) if h["version"] == version]
-    return MonitorPlan(model, version, spec, run_id, endpoint.url if endpoint else None, since[-1] if since else None)
+    state = m.load_monitor_state(settings, model)
+    previous = state if state.get("version") == version else {}
+    return MonitorPlan(model, version, spec, run_id, endpoint.url if endpoint else None, since[-1] if since else None,
+                       previous)
 
 
 @task(name="read-window", cache_policy=NO_CACHE)
 def read_window_task(plan: MonitorPlan) -> pd.DataFrame:
     settings = get_settings()
-    state = m.load_monitor_state(settings, plan.model)
-    since = state.get("window_end") if state.get("version") == plan.version else None
+    since = plan.previous.get("window_end")
     since_dt = datetime.fromisoformat(since) if since else None
     if since_dt is None and plan.deployed_at:
         since_dt = datetime.fromtimestamp(plan.deployed_at, UTC)
@@ -175,10 +178,13 @@ def service_task(plan: MonitorPlan) -> tuple[m.ServiceVerdict | None, dict | Non
     if not plan.server_url:
         return None, None
     settings = get_settings()
-    state = m.load_monitor_state(settings, plan.model)
-    previous = state.get("metrics") if state.get("version") == plan.version else None
     now = m.snapshot_dict(scrape(plan.server_url, auth_headers(settings)))
-    return m.service_verdict(previous, now, plan.spec), now
+    return m.service_verdict(plan.previous.get("metrics"), now, plan.spec), now
+
+
+@task(name="save-monitor-state", cache_policy=NO_CACHE)
+def save_state_task(plan: MonitorPlan, verdict: m.WindowVerdict, metrics_now: dict | None) -> None:
+    m.save_monitor_state(get_settings(), plan.model, m.next_monitor_state(plan.previous, verdict, metrics_now))
 
 
 @task(name="log-monitoring", cache_policy=NO_CACHE)

@@ -100,6 +100,18 @@ def save_monitor_state(settings: Settings, model: str, state: dict[str, Any]) ->
     path.write_text(json.dumps(state, default=str))
 
 
+def next_monitor_state(previous: dict[str, Any], verdict: WindowVerdict, metrics_now: dict | None) -> dict[str, Any]:
+    """What the next run of this version starts from: its window begins after this one's end
+    (unless this one had too few rows to judge: they are judged again with the next ones), and
+    service rates are the difference from these metrics."""
+    state = previous | {"version": verdict.version, "judged_at": datetime.now(UTC).isoformat()}
+    if verdict.window_end is not None and verdict.status != "insufficient data":
+        state["window_end"] = verdict.window_end
+    if metrics_now is not None:
+        state["metrics"] = metrics_now
+    return state
+
+
 def read_window(settings: Settings, model: str, version: str, since: datetime | None,
                 window_s: int, now: datetime | None = None) -> pd.DataFrame:
     """The version's logged rows after ``since`` (exclusive), at most ``window_s`` back."""

@@ -39,42 +39,50 @@ def _claim_path(settings: Settings, model: str) -> Path:
     return path
 
 
+class _LockedState:
+    """The claim file's JSON, read under an exclusive lock held until ``save`` or the end of the
+    ``with`` block: read-modify-write without a race between flow runs."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __enter__(self) -> _LockedState:
+        self._handle = open(self._path, "a+")  # noqa: SIM115 - closed in __exit__
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+        self._handle.seek(0)
+        try:
+            self.state: dict = json.loads(self._handle.read() or "{}")
+        except ValueError:
+            self.state = {}
+        return self
+
+    def save(self, state: dict) -> None:
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(json.dumps(state))
+        self._handle.flush()
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.close()
+
+
 def claim_retrain(settings: Settings, model: str, cooldown_s: float, run_id: str, now: float | None = None) -> Claim:
     """Take the model's retrain slot, or say why not (one running, or within the cooldown)."""
     now = time.time() if now is None else now
-    path = _claim_path(settings, model)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        try:
-            state = json.loads(handle.read() or "{}")
-        except ValueError:
-            state = {}
-        started = float(state.get("started_at", 0))
-        if state.get("running") and now - started < STALE_CLAIM_S:
-            return Claim(False, f"a retrain of {model} is already running (run {state.get('run_id')})")
+    with _LockedState(_claim_path(settings, model)) as claim:
+        started = float(claim.state.get("started_at", 0))
+        if claim.state.get("running") and now - started < STALE_CLAIM_S:
+            return Claim(False, f"a retrain of {model} is already running (run {claim.state.get('run_id')})")
         if now - started < cooldown_s:
             return Claim(False, f"{model} was retrained {now - started:.0f} s ago; cooldown is {cooldown_s:.0f} s")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"running": True, "started_at": now, "run_id": run_id}))
-        handle.flush()
+        claim.save({"running": True, "started_at": now, "run_id": run_id})
         return Claim(True, "claimed")
 
 
 def release_retrain(settings: Settings, model: str, outcome: str) -> None:
-    path = _claim_path(settings, model)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        try:
-            state = json.loads(handle.read() or "{}")
-        except ValueError:
-            state = {}
-        state |= {"running": False, "finished_at": time.time(), "outcome": outcome}
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps(state))
+    """Free the slot; the cooldown keeps counting from the claim's start."""
+    with _LockedState(_claim_path(settings, model)) as claim:
+        claim.save(claim.state | {"running": False, "finished_at": time.time(), "outcome": outcome})
 
 
 def labelled_traffic(settings: Settings, spec: ModelSpec, labels: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import quiet
 
-from deployments.strategies import RolloutFailed, active_version, history
+from deployments.strategies import RolloutFailed, active_version, history, wait_active
 from tests.broken_models import register_faulty_version
 from modelyard.ledger import ledger_from_settings
 from modelyard.stack import Stack
@@ -29,14 +29,11 @@ SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 def _wait_active(stack: Stack, model: str, version: str, timeout_s: float = 240) -> dict:
-    path = stack.settings.state_dir / "serving" / f"{model}.active.json"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and json.loads(path.read_text())["version"] == version:
-            return json.loads(path.read_text())
-        time.sleep(1)
-    raise AssertionError(f"{model} v{version} did not become active; ledger tail: "
-                         f"{ledger_from_settings(stack.settings).records()[-3:]}")
+    active = wait_active(stack.settings, model, version, timeout_s)
+    if active is None:
+        raise AssertionError(f"{model} v{version} did not become active; ledger tail: "
+                             f"{ledger_from_settings(stack.settings).records()[-3:]}")
+    return active
 
 
 class Load:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from deployments.strategies import active_version
+from deployments.strategies import active_version, wait_active
 from modelyard.ledger import ledger_from_settings
 from modelyard.stack import Stack
 
@@ -38,13 +38,11 @@ def _spec(tmp: Path, name: str, **sections) -> Path:
 
 
 def _wait_active(stack: Stack, model: str, version: str, timeout_s: float = 240) -> str:
-    path = stack.settings.state_dir / "serving" / f"{model}.active.json"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and json.loads(path.read_text())["version"] == version:
-            return json.loads(path.read_text())["endpoint"]
-        time.sleep(1)
-    raise AssertionError(f"{model} v{version} never served")
+    active = wait_active(stack.settings, model, version, timeout_s)
+    if active is None:
+        raise AssertionError(f"{model} v{version} did not become active; ledger tail: "
+                             f"{ledger_from_settings(stack.settings).records()[-3:]}")
+    return active["endpoint"]
 
 
 def _frame() -> pd.DataFrame:

@@ -7,9 +7,14 @@ works the same on local processes, Docker containers or Kubernetes.
 from __future__ import annotations
 
 import hashlib
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import httpx
 
 from modelyard.settings import Settings
 
@@ -31,6 +36,34 @@ class Endpoint:
     url: str
     port: int
     socket: str | None = None
+
+
+def host_endpoint(settings: Settings, model: str, version: str, port: int, socket: str | None) -> Endpoint:
+    """A version listening on this host (a local process or a host-network container)."""
+    return Endpoint(model, version, f"http://{settings.host}:{port}", port, socket)
+
+
+def free_port(host: str) -> int:
+    """A port nothing listens on now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(endpoint: Endpoint, timeout_s: float, exited: Callable[[], bool]) -> bool:
+    """Poll the version's readiness endpoint until it answers 200 (True), the process or
+    container behind it has exited (False at once), or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if exited():
+            return False
+        try:
+            if httpx.get(f"{endpoint.url}/v2/health/ready", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
 
 
 class Target(Protocol):

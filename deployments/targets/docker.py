@@ -15,7 +15,6 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -25,9 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 
-from deployments.targets.base import Endpoint, TargetError, model_key, socket_path
+from deployments.targets.base import Endpoint, TargetError, free_port, host_endpoint, model_key, socket_path, wait_ready
 from modelyard.settings import Settings
 
 __all__ = ["DockerTarget", "Endpoint", "ImageRef", "TargetError"]
@@ -200,12 +198,6 @@ def build_context(settings: Settings, model_dir: Path, wheelhouse: Path, root: P
     return root
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def _log_tail(container, lines: int = 20) -> str:
     try:
         return container.logs(tail=lines).decode(errors="replace").strip()
@@ -312,8 +304,7 @@ class DockerTarget:
         """The running endpoint of a version, found by the labels of its container."""
         for container in self._containers(model, version):
             port = int(container.labels[LABEL_PORT])
-            return Endpoint(model, version, f"http://{self.settings.host}:{port}", port,
-                            container.labels.get(LABEL_SOCKET) or None)
+            return host_endpoint(self.settings, model, version, port, container.labels.get(LABEL_SOCKET) or None)
         return None
 
     def _run(self, model: str, version: str, image: ImageRef, port: int, uds: Path, logs: Path):
@@ -337,7 +328,7 @@ class DockerTarget:
             return running
         self.stop(model, version)  # an exited container of this version would hold its name
         image = self.ensure_image(model, version)
-        port = _free_port(self.settings.host)
+        port = free_port(self.settings.host)
         uds = socket_path(self.settings, model, version)
         uds.parent.mkdir(parents=True, exist_ok=True)
         logs = self.settings.prediction_log_dir
@@ -346,20 +337,18 @@ class DockerTarget:
             container = self._run(model, version, image, port, uds, logs)
         except docker.errors.APIError as error:
             raise TargetError(f"{model} v{version} could not start: {error.explanation or error}") from error
-        url = f"http://{self.settings.host}:{port}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        endpoint = host_endpoint(self.settings, model, version, port, str(uds))
+
+        def exited() -> bool:
             container.reload()
-            if container.status in {"exited", "dead"}:
-                tail = _log_tail(container)
-                self.stop(model, version)
-                raise TargetError(f"{model} v{version} exited during start-up: {tail}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    return Endpoint(model, version, url, port, str(uds))
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+            return container.status in {"exited", "dead"}
+
+        if wait_ready(endpoint, timeout_s, exited):
+            return endpoint
+        if container.status in {"exited", "dead"}:
+            tail = _log_tail(container)
+            self.stop(model, version)
+            raise TargetError(f"{model} v{version} exited during start-up: {tail}")
         tail = _log_tail(container)
         self.stop(model, version)
         raise TargetError(f"{model} v{version} was not ready after {timeout_s:.0f} s: {tail}")

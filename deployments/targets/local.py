@@ -4,24 +4,15 @@ loopback port, started, health-checked and stopped like the stack's own componen
 from __future__ import annotations
 
 import json
-import socket
 import sys
-import time
 from pathlib import Path
 
-import httpx
 
-from deployments.targets.base import Endpoint, TargetError, socket_path
+from deployments.targets.base import Endpoint, TargetError, free_port, host_endpoint, socket_path, wait_ready
 from modelyard.processes import ProcessTable
 from modelyard.settings import Settings
 
 __all__ = ["Endpoint", "LocalTarget", "TargetError"]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class LocalTarget:
@@ -50,15 +41,14 @@ class LocalTarget:
         port = self._ports(model).get(version)
         if port is None or self.processes.alive(self.process_name(model, version)) is None:
             return None
-        return Endpoint(model, version, f"http://{self.settings.host}:{port}", port,
-                        str(socket_path(self.settings, model, version)))
+        return host_endpoint(self.settings, model, version, port, str(socket_path(self.settings, model, version)))
 
     def start(self, model: str, version: str, timeout_s: float = 120) -> Endpoint:
         """Start ``models:/model/version`` (integrity-checked by the server) and wait until ready."""
         running = self.endpoint(model, version)
         if running is not None:
             return running
-        port = _free_port(self.settings.host)
+        port = free_port(self.settings.host)
         uds = socket_path(self.settings, model, version)
         name = self.process_name(model, version)
         env = {**self.settings.child_env(), **self.settings.prefect_client_env(), "PATH": str(Path(sys.executable).parent)}
@@ -70,17 +60,11 @@ class LocalTarget:
         ports = self._ports(model) | {version: port}
         self.root.mkdir(parents=True, exist_ok=True)
         self._ports_path(model).write_text(json.dumps(ports))
-        url = f"http://{self.settings.host}:{port}"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if record.process() is None:
-                raise TargetError(f"{model} v{version} exited during start-up: {self.processes.tail(name, 5)}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    return Endpoint(model, version, url, port, str(uds))
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        endpoint = host_endpoint(self.settings, model, version, port, str(uds))
+        if wait_ready(endpoint, timeout_s, exited=lambda: record.process() is None):
+            return endpoint
+        if record.process() is None:
+            raise TargetError(f"{model} v{version} exited during start-up: {self.processes.tail(name, 5)}")
         self.stop(model, version)
         raise TargetError(f"{model} v{version} was not ready after {timeout_s:.0f} s; log {self.processes.log_path(name)}")
 

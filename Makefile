@@ -26,7 +26,9 @@ $(UV):
 
 $(BIN)/.installed: requirements.lock pyproject.toml $(UV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	# Bytecode compiled once here: every flow run, server and worker is a fresh interpreter, and
+	# where PYTHONDONTWRITEBYTECODE is set (containers, CI) each would compile its imports again.
+	$(UV) pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@
 

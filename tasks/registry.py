@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -16,12 +17,18 @@ from mlflow.models import infer_signature
 
 from modelyard.integrity import artifact_digest
 from modelyard.settings import Settings
-from tasks.onnx_export import OnnxResult
-from tasks.training import SKOPS_TRUSTED_TYPES, FeatureSet
+
+if TYPE_CHECKING:  # scikit-learn only where a model is built: deploy and monitor runs start faster
+    from tasks.onnx_export import OnnxResult
+    from tasks.training import FeatureSet
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 REFERENCE_ROWS = 50_000
+# What the pyfunc flavour needs to load and predict: given explicitly, pinned to this environment.
+# Left to MLflow, it infers them in a subprocess that loads the model (seconds per build) and picks
+# up whatever that process imported, pytest included.
+MODEL_REQUIREMENTS = ("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops")
 
 
 def tracking_client(settings: Settings) -> MlflowClient:
@@ -44,6 +51,11 @@ class RegisteredVersion:
         return dict(self.__dict__)
 
 
+def model_pip_requirements() -> list[str]:
+    """``name==version`` of MODEL_REQUIREMENTS as installed here."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
+
+
 def _flatten_params(spec_params: dict[str, Any], prefix: str) -> dict[str, str]:
     return {f"{prefix}{key}": str(value)[:250] for key, value in spec_params.items()}
 
@@ -64,6 +76,8 @@ def log_and_register(
     client: MlflowClient,
 ) -> RegisteredVersion:
     """Log the model (pyfunc + ONNX when parity holds) with its evidence, and register a version."""
+    from tasks.training import SKOPS_TRUSTED_TYPES
+
     mlflow.set_experiment(model_name)
     with mlflow.start_run(run_name=f"build-{model_name}") as run, tempfile.TemporaryDirectory() as tmp:
         tmp_dir = Path(tmp)
@@ -93,6 +107,7 @@ def log_and_register(
         info = mlflow.sklearn.log_model(
             pipeline, name="model", signature=signature, input_example=example,
             skops_trusted_types=SKOPS_TRUSTED_TYPES, extra_files=extra_files,
+            pip_requirements=model_pip_requirements(),
         )
         local_model = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_dir / "download")))
         digest = artifact_digest(local_model)

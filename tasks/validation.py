@@ -32,13 +32,23 @@ import difflib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import great_expectations as gx
 import numpy as np
 import pandas as pd
 
 from modelyard.spec import ExpectationSpec, ModelSpec, ValidationSpec
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+
+
+def _gx():
+    """great_expectations, imported on first use: it takes seconds, and modules that only name
+    these functions (flow definitions loaded by `prefect deploy`) should not pay for it."""
+    import great_expectations
+
+    return great_expectations
 
 # --- type classes ------------------------------------------------------------------------
 # Names GX 1.x resolves through ``np.dtype(name)``, ``getattr(pandas, name)`` or its own
@@ -228,6 +238,7 @@ def _expectation_classes() -> dict[str, type]:
     global _EXPECTATION_CLASSES
     if _EXPECTATION_CLASSES is None:
         classes: dict[str, type] = {}
+        gx = _gx()
         for name in dir(gx.expectations):
             cls = getattr(gx.expectations, name)
             if (
@@ -256,6 +267,7 @@ def expectation_class(type_name: str) -> type:
     cls = classes.get(type_name)
     if cls is None:
         camel = "".join(part.capitalize() for part in type_name.split("_"))
+        gx = _gx()
         cls = getattr(gx.expectations, camel, None)
         if not (isinstance(cls, type) and issubclass(cls, gx.expectations.Expectation)):
             close = difflib.get_close_matches(type_name, list(classes), n=3)
@@ -278,7 +290,7 @@ def build_suite(name: str, expectations: Sequence[ExpectationSpec]) -> gx.Expect
             where = f" on column {spec.column!r}" if spec.column else ""
             raise ValueError(f"invalid expectation {spec.type}{where}: {error}") from error
     # Quirk: suite.add_expectation() needs an active Data Context; the constructor does not.
-    return gx.ExpectationSuite(name=name, expectations=built)
+    return _gx().ExpectationSuite(name=name, expectations=built)
 
 
 def _categorical_columns(spec: ModelSpec, reference: pd.DataFrame, columns: Iterable[str]) -> list[str]:
@@ -435,7 +447,7 @@ def validate_frame(df: pd.DataFrame, suite: gx.ExpectationSuite, examples: int =
     """
     previous = _current_context()
     try:
-        context = gx.get_context(mode="ephemeral")
+        context = _gx().get_context(mode="ephemeral")
         # No tqdm "Calculating Metrics" bars on stderr in flow logs.
         from great_expectations.data_context.types.base import ProgressBarsConfig
 

@@ -75,18 +75,30 @@ def test_port_taken_by_a_stranger_stops_up_with_a_clear_message(tmp_path):
 
 def test_component_that_dies_at_start_names_its_log(tmp_path):
     settings = make_settings(tmp_path / "state")
-    # A directory where MLflow's SQLite file should be: the server cannot open its store.
-    (settings.state_dir / "mlflow" / "mlflow.db").mkdir(parents=True)
+    # A damaged MLflow store (not an SQLite file): the server exits during start-up.
+    store = settings.state_dir / "mlflow" / "mlflow.db"
+    store.parent.mkdir(parents=True)
+    store.write_bytes(b"this is not an sqlite database" * 200)
     stack = Stack(settings)
     try:
         with pytest.raises(StackError) as failure:
             stack.up()
         message = str(failure.value)
-        assert "mlflow-server" in message
+        assert "mlflow-server exited during start-up" in message
         assert str(settings.logs_dir / "mlflow-server.log") in message
-        assert (settings.logs_dir / "mlflow-server.log").exists()
+        assert "file is not a database" in (settings.logs_dir / "mlflow-server.log").read_text()
     finally:
         stack.down()
+
+
+def test_store_path_that_cannot_be_a_database_stops_up_before_starting_anything(tmp_path):
+    settings = make_settings(tmp_path / "state")
+    (settings.state_dir / "mlflow" / "mlflow.db").mkdir(parents=True)  # a directory where the file goes
+    stack = Stack(settings)
+    with pytest.raises(StackError, match=r"mlflow-server cannot start: its SQLite store .*mlflow\.db is not a file"):
+        stack.up()
+    assert all(not row.healthy for row in stack.status())
+    assert not (settings.logs_dir / "prefect-server.log").exists()
 
 
 def test_down_stops_everything_it_started_and_nothing_else(tmp_path):

@@ -24,10 +24,10 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check 'uv>=0.5'
 
+# Bytecode is compiled once at install: every flow run, server and worker is a fresh interpreter,
+# and where PYTHONDONTWRITEBYTECODE is set (containers, CI) each would compile its imports again.
 $(BIN)/.installed: requirements.lock pyproject.toml $(UV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# Bytecode compiled once here: every flow run, server and worker is a fresh interpreter, and
-	# where PYTHONDONTWRITEBYTECODE is set (containers, CI) each would compile its imports again.
 	$(UV) pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
 	$(UV) pip install -q --python $(BIN)/python --no-deps -e .
 	@touch $@

@@ -81,15 +81,37 @@ def histogram_quantile(q: float, cumulative: dict[float, int]) -> float | None:
     return lower_bound
 
 
+# A tail quantile estimated from n requests is only as good as the requests above it: with 40
+# requests "p99" is the single slowest one (a cold cache, a GC pause), and comparing two of those
+# flips a rollout by chance. Latency is compared at the highest quantile with at least this many
+# requests above it, p99 from 1,000 requests up.
+TAIL_REQUESTS = 10
+
+
+def supported_quantile(requests: int, highest: float = 0.99) -> float:
+    """The quantile a window of ``requests`` can estimate: ``1 - TAIL_REQUESTS / requests``,
+    at most ``highest``, at least the median."""
+    if requests <= 0:
+        return 0.5
+    return max(0.5, min(highest, 1 - TAIL_REQUESTS / requests))
+
+
 @dataclass(frozen=True)
 class ServiceWindow:
     requests: int
     server_errors: int
     p99_ms: float | None
+    latency_buckets: dict[float, int] | None = None  # cumulative, as scraped: other quantiles
 
     @property
     def error_rate(self) -> float:
         return self.server_errors / self.requests if self.requests else 0.0
+
+    def quantile_ms(self, q: float) -> float | None:
+        if self.latency_buckets is None:  # a window given by its p99 alone
+            return self.p99_ms
+        value = histogram_quantile(q, self.latency_buckets)
+        return None if value is None else value * 1000
 
 
 def service_window(before: MetricsSnapshot, after: MetricsSnapshot) -> ServiceWindow:
@@ -98,7 +120,7 @@ def service_window(before: MetricsSnapshot, after: MetricsSnapshot) -> ServiceWi
     buckets = {b: after.latency_buckets.get(b, 0) - before.latency_buckets.get(b, 0) for b in after.latency_buckets}
     p99 = histogram_quantile(0.99, buckets)
     return ServiceWindow(sum(delta.values()), sum(n for s, n in delta.items() if s >= 500),
-                         None if p99 is None else p99 * 1000)
+                         None if p99 is None else p99 * 1000, buckets)
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, categorical: bool, bins: int = 10) -> float:
@@ -151,11 +173,13 @@ class GateResult:
     value: float | None
     threshold: float | None
     ok: bool
+    note: str = ""
 
     def describe(self) -> str:
         value = "n/a" if self.value is None else f"{self.value:.4g}"
-        return f"{self.gate} {value} (limit {self.threshold:.4g}) {'ok' if self.ok else 'FAILED'}" \
-            if self.threshold is not None else f"{self.gate} {value} {'ok' if self.ok else 'FAILED'}"
+        limit = f" (limit {self.threshold:.4g})" if self.threshold is not None else ""
+        note = f" [{self.note}]" if self.note else ""
+        return f"{self.gate} {value}{limit}{note} {'ok' if self.ok else 'FAILED'}"
 
 
 def judge(gates: GateSpec, new: ServiceWindow, serving: ServiceWindow | None, model: ModelWindow | None) -> list[GateResult]:
@@ -167,10 +191,14 @@ def judge(gates: GateSpec, new: ServiceWindow, serving: ServiceWindow | None, mo
     if gates.max_p99_ms is not None:
         results.append(GateResult("p99_ms", new.p99_ms, gates.max_p99_ms,
                                   new.p99_ms is not None and new.p99_ms <= gates.max_p99_ms))
-    if serving is not None and serving.p99_ms and new.p99_ms is not None:
-        # Latencies under a millisecond are dominated by noise; compare from 1 ms up.
-        ratio = max(new.p99_ms, 1.0) / max(serving.p99_ms, 1.0)
-        results.append(GateResult("p99_ratio", ratio, gates.max_p99_ratio, ratio <= gates.max_p99_ratio))
+    if serving is not None and serving.requests and new.requests:
+        q = supported_quantile(min(new.requests, serving.requests))
+        new_ms, serving_ms = new.quantile_ms(q), serving.quantile_ms(q)
+        if new_ms is not None and serving_ms:
+            # Latencies under a millisecond are dominated by noise; compare from 1 ms up.
+            ratio = max(new_ms, 1.0) / max(serving_ms, 1.0)
+            note = "" if q == 0.99 else f"at p{q * 100:.0f}: {min(new.requests, serving.requests)} requests"
+            results.append(GateResult("p99_ratio", ratio, gates.max_p99_ratio, ratio <= gates.max_p99_ratio, note))
     if model is not None:
         results.append(GateResult("agreement", model.agreement, gates.min_agreement, model.agreement >= gates.min_agreement))
         results.append(GateResult("prediction_psi", model.psi, gates.max_prediction_psi, model.psi <= gates.max_prediction_psi))

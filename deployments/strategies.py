@@ -65,16 +65,25 @@ def auth_headers(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def smoke_request(settings: Settings, endpoint: Endpoint) -> None:
-    """POST the model's own serving input example; anything but 200 fails the gate."""
+WARM_UP_REQUESTS = 20
+
+
+def smoke_request(settings: Settings, endpoint: Endpoint, warm_up: int = WARM_UP_REQUESTS) -> None:
+    """POST the model's own serving input example; anything but 200 fails the gate. Then warm
+    the version up with ``warm_up`` more, marked as replays (kept out of its latency metrics and
+    prediction log), so that its first live requests do not pay for cold paths and the latency
+    gate compares warm with warm."""
     model_dir = settings.state_dir / "models" / f"{endpoint.model}-{endpoint.version}"
     example = next(iter(sorted(model_dir.rglob("serving_input_example.json"))), None)
     if example is None:
         raise TargetError("the version has no serving input example to smoke-test with")
-    response = httpx.post(f"{endpoint.url}/invocations", content=example.read_bytes(), timeout=10,
-                          headers={"Content-Type": "application/json", **auth_headers(settings)})
+    body, headers = example.read_bytes(), {"Content-Type": "application/json", **auth_headers(settings)}
+    response = httpx.post(f"{endpoint.url}/invocations", content=body, timeout=10, headers=headers)
     if response.status_code != 200:
         raise TargetError(f"smoke request answered {response.status_code}: {response.text[:200]}")
+    with httpx.Client(timeout=10, headers={**headers, "X-Modelyard-Replay": "1"}) as client:
+        for _ in range(warm_up):
+            client.post(f"{endpoint.url}/invocations", content=body)
 
 
 def wait_serving(settings: Settings, url: str, version: str, timeout_s: float = 10) -> bool:

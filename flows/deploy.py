@@ -8,7 +8,7 @@ target and gates come from the spec the version was built with (logged with it).
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from deployments.strategies import RolloutFailed, model_lock, record_refused, timeline_markdown
@@ -93,6 +93,20 @@ def chart_task(model: str, version: str, previous: str | None, timeline: list[di
     return f"\n![rollout of {model} v{version}]({url})\n" if url else ""
 
 
+@task(name="delivery-kpis")
+def kpis_task(model: str, version: str) -> None:
+    """The delivery KPIs after this rollout, as the Prefect artifact ``delivery-kpis`` (chart and
+    HTML page logged on the version's MLflow run). Reporting never fails the rollout."""
+    from tasks.kpi_report import publish_kpi_report
+
+    try:
+        markdown = publish_kpi_report(get_settings(), model, version)
+    except Exception as error:  # noqa: BLE001 - the rollout's outcome stands; say what went wrong
+        get_run_logger().warning("delivery KPIs not published: %s", error)
+        return
+    create_markdown_artifact(key="delivery-kpis", markdown=markdown, description=f"after {model} v{version}")
+
+
 def _artifact_key(model: str) -> str:
     return f"{model}-rollout".lower().replace("_", "-").replace(".", "-")
 
@@ -118,6 +132,7 @@ def deploy(model: str, version: str, alias: str = "champion", strategy: str | No
                                  markdown=f"# Rollout of {model} v{version} ({strategy}): ROLLED BACK\n\n"
                                           f"Reason: {failure.reason}\n{chart}\n| t (s) | step | result | detail |\n"
                                           f"|---|---|---|---|\n{rows}\n")
+        kpis_task(model, version)
         raise
     chart = chart_task(model, version, rollout.previous, rollout.timeline, "serving")
     create_markdown_artifact(key=_artifact_key(model), markdown=timeline_markdown(rollout, "serving") + chart,
@@ -128,6 +143,7 @@ def deploy(model: str, version: str, alias: str = "champion", strategy: str | No
     if serving.target != "kubernetes":
         monitor_schedule_task(model, version)
     record_recovery(model, version, rollout.timeline)
+    kpis_task(model, version)
     print(f"{model} v{version} serving at {rollout.endpoint_url} ({rollout.strategy})")
     return {"model": model, "version": version, "endpoint": rollout.endpoint_url, "strategy": rollout.strategy,
             "timeline": rollout.timeline}
@@ -165,5 +181,6 @@ def rollback(model: str, to_version: str | None = None, reason: str = "manual") 
     client.set_registered_model_alias(model, "champion", rollout.version)
     create_markdown_artifact(key=_artifact_key(model), markdown=timeline_markdown(rollout, f"rolled back ({reason})"),
                              description=f"{model} rolled back to v{rollout.version}")
+    kpis_task(model, rollout.version)
     print(f"{model}: v{rollout.previous} → v{rollout.version} in {rollout.rollback_s:.2f} s")
     return {"model": model, "version": rollout.version, "from_version": rollout.previous, "rollback_s": rollout.rollback_s}

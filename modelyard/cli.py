@@ -188,11 +188,18 @@ def rollback(
 def kpis(
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report (chart embedded) here.")] = None,
 ) -> None:
     """Delivery KPIs from the audit ledger: deployments, success rate, frequency, rollbacks, MTTD, MTTR."""
     from tasks.kpis import delivery_kpis
 
-    numbers = delivery_kpis(ledger_from_settings(get_settings()).records(), model)
+    records = ledger_from_settings(get_settings()).records()
+    numbers = delivery_kpis(records, model)
+    if html_path is not None:
+        from tasks.kpi_report import write_kpi_report
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        errors.print(f"KPI report: {write_kpi_report(records, model, html_path)}")
     if as_json:
         print(json.dumps(numbers, indent=2))
         return
@@ -375,6 +382,11 @@ def _demo_summary(settings, model: str, pipeline_run, traffic, outcome: dict, fl
             html = [a.path for a in client.list_artifacts(runs[0].info.run_id, "evidently") if a.path.endswith(".html")]
             if html:
                 links.append(("Evidently drift report", f"{settings.mlflow_url}/get-artifact?path={html[0]}&run_uuid={runs[0].info.run_id}"))
+    from tasks.kpi_report import write_kpi_report
+
+    report = write_kpi_report(ledger_from_settings(settings).records(), model,
+                              settings.state_dir / "reports" / "delivery-kpis.html")
+    links.append(("delivery KPIs (also the 'delivery-kpis' artifact in the Prefect UI)", f"file://{report.resolve()}"))
     for name, url in links:
         console.print(f"{name}: {url}")
     verification = ledger_from_settings(settings).verify()

@@ -17,7 +17,7 @@ def run_deployment_and_wait(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
-        return run_deployment(name, parameters=parameters or {}, timeout=timeout_s)
+        return run_deployment(name, parameters=parameters or {}, timeout=timeout_s, poll_interval=1)
 
 
 def flow_run_url(settings: Settings, flow_run: FlowRun) -> str:

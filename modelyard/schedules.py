@@ -18,10 +18,14 @@ def schedule_slug(model: str) -> str:
 
 
 def ensure_monitor_schedule(model: str, interval_s: int) -> str:
-    """Create or update the model's schedule; returns "created", "updated" or "unchanged"."""
+    """Create or update the model's schedule; returns "created", "updated" or "unchanged".
+
+    The deploy flow and the reconciler may both find the schedule missing at the same moment;
+    the one whose create loses (409: the slug exists) reads it again and goes on from there."""
     from prefect import get_client
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 
     from datetime import UTC, datetime
 
@@ -30,12 +34,19 @@ def ensure_monitor_schedule(model: str, interval_s: int) -> str:
                                 anchor_date=datetime.now(UTC) + timedelta(seconds=interval_s))
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(MONITOR_DEPLOYMENT)
-        existing = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
-        current = existing.get(schedule_slug(model))
-        if current is None:
-            client.create_deployment_schedules(deployment.id, [DeploymentScheduleCreate(
-                schedule=schedule, active=True, parameters={"model": model}, slug=schedule_slug(model))])
-            return "created"
+        for attempt in range(2):
+            existing = {s.slug: s for s in client.read_deployment_schedules(deployment.id)}
+            current = existing.get(schedule_slug(model))
+            if current is not None:
+                break
+            try:
+                client.create_deployment_schedules(deployment.id, [DeploymentScheduleCreate(
+                    schedule=schedule, active=True, parameters={"model": model}, slug=schedule_slug(model))])
+                return "created"
+            except (ObjectAlreadyExists, PrefectHTTPStatusError) as error:
+                conflict = isinstance(error, ObjectAlreadyExists) or error.response.status_code == 409
+                if not conflict or attempt:
+                    raise
         if getattr(current.schedule, "interval", None) != schedule.interval or not current.active:
             client.update_deployment_schedule(deployment.id, current.id, schedule=schedule, active=True,
                                               parameters={"model": model})

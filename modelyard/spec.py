@@ -94,7 +94,9 @@ class GateSpec(_Strict):
     min_requests: int = Field(20, ge=1, description="Requests the new version must answer before it is judged.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of 5xx answers (and dropped connections).")
     max_p99_ms: float | None = Field(None, gt=0, description="Absolute p99 latency ceiling of the new version.")
-    max_p99_ratio: float = Field(3.0, gt=0, description="New version's p99 over the serving version's p99.")
+    max_p99_ratio: float = Field(3.0, gt=0, description=(
+        "New version's p99 over the serving version's p99; on windows under 1,000 requests, at the highest "
+        "quantile with 10 requests above it (p75 at 40), since a p99 of 40 requests is their single slowest."))
     min_agreement: float = Field(0.9, ge=0, le=1, description="Share of the same requests both versions answer alike.")
     max_prediction_psi: float = Field(0.25, ge=0, description="PSI of the new version's predictions against the serving one's.")
     regression_tolerance: float = Field(0.1, ge=0, description="Relative difference under which two regression outputs agree.")

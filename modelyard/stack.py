@@ -199,7 +199,7 @@ class Stack:
         if self.processes.alive(PREFECT_WORKER) is None:
             self._progress(f"starting {PREFECT_WORKER} for pool '{self.settings.work_pool}'")
             worker = self.processes.start(PREFECT_WORKER, self._worker_command(), self._worker_env(), self.settings.project_dir)
-        self._wait_healthy(PREFECT_WORKER, worker, self.worker_online)
+        # The worker boots (seconds of imports) while the bridge starts and deployments register.
         bridge = self._start_server(REGISTRY_BRIDGE, self.settings.bridge_port,
                                     [sys.executable, "-m", "deployments.bridge"], self._base_env())
         self._wait_healthy(REGISTRY_BRIDGE, bridge, self.bridge_healthy)
@@ -209,6 +209,7 @@ class Stack:
             raise StackError(f"registering the MLflow registry webhook failed: {error}. "
                              f"MLflow's log: {self.processes.log_path(MLFLOW_SERVER)}") from error
         self._ensure_deployments()
+        self._wait_healthy(PREFECT_WORKER, worker, self.worker_online)
         from modelyard.automations import ensure_notifications
 
         notifications = ensure_notifications(self.settings)

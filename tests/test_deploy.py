@@ -175,6 +175,14 @@ def test_canary_moves_a_good_version_through_weighted_steps_without_a_failed_req
     run_id = client.get_model_version("deploy-bc", built["version"]).run_id
     charts = [a.path for a in client.list_artifacts(run_id, "rollouts")]
     assert charts and charts[0].endswith(".png")
+    # So are the delivery KPIs after this rollout, published as the `delivery-kpis` artifact.
+    assert {"kpis/delivery-kpis.html", "kpis/delivery-kpis.png"} <= {a.path for a in client.list_artifacts(run_id, "kpis")}
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(stack_env.settings.prefect_api_url) as prefect:
+        published = sorted((a for a in prefect.read_artifacts() if a.key == "delivery-kpis"), key=lambda a: a.created)
+    assert published and published[-1].description == f"after deploy-bc v{built['version']}"
+    assert "# Delivery KPIs of deploy-bc" in published[-1].data and "success rate" in published[-1].data
 
 
 @pytest.mark.parametrize(("fault", "expected"), [

@@ -58,3 +58,34 @@ def test_alias_missed_while_the_bridge_was_down_is_deployed_by_the_reconciler(st
     assert "registry.event.reconciled" in actions and "deploy.succeeded" in actions
     # Once it serves, there is nothing left to reconcile for it.
     assert all(m["model"] != "recon-bc" for m in reconcile(grace_s=0))
+
+
+def test_deploy_and_reconciler_adding_the_same_monitor_schedule_at_once_both_succeed(stack_env: Stack):
+    """The reconciler may find a version serving before its deploy flow added the schedule; both
+    then create it at the same moment. One creates, the others see it; none fails."""
+    import contextvars
+    import threading
+
+    from modelyard.schedules import ensure_monitor_schedule, monitored_models
+
+    model = "schedule-race"
+    start = threading.Barrier(4)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def add() -> None:
+        start.wait()
+        try:
+            outcomes.append(ensure_monitor_schedule(model, 3600))
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    # Each thread carries the test's Prefect settings (the stack's API URL) in its own context.
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(add,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert outcomes.count("created") == 1 and sorted(outcomes)[1:] == ["unchanged"] * 3
+    assert monitored_models()[model] == 3600

@@ -61,6 +61,31 @@ def test_metrics_window_counts_inference_only_and_estimates_p99():
     assert g.histogram_quantile(0.99, {math.inf: 0}) is None
 
 
+def _window(fast: int, slow: int, fast_s: float, slow_s: float) -> g.ServiceWindow:
+    """``fast`` requests under ``fast_s`` and ``slow`` under ``slow_s``, as a scraped histogram."""
+    bounds = sorted({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, math.inf})
+    cumulative = {b: (fast if b >= fast_s else 0) + (slow if b >= slow_s else 0) for b in bounds}
+    return g.service_window(g.MetricsSnapshot({}, {}), g.MetricsSnapshot({200: fast + slow}, cumulative))
+
+
+def test_latency_is_compared_at_the_tail_the_window_can_estimate():
+    spec = GateSpec(min_requests=20, max_p99_ratio=3.0)
+    assert g.supported_quantile(40) == 0.75 and g.supported_quantile(1000) == 0.99 and g.supported_quantile(5) == 0.5
+    serving = _window(400, 0, 0.0025, 1.0)
+    # 41 requests, one of them cold (25 ms) among 2.5 ms ones: its "p99" is that one request.
+    cold_start = _window(40, 1, 0.0025, 0.025)
+    assert cold_start.p99_ms > 3 * serving.p99_ms
+    gate = next(r for r in g.judge(spec, cold_start, serving, None) if r.gate == "p99_ratio")
+    assert gate.ok and "at p76: 41 requests" in gate.describe()
+    # A version slower on every request is still refused at that quantile.
+    slow = next(r for r in g.judge(spec, _window(0, 41, 0.0025, 0.025), serving, None) if r.gate == "p99_ratio")
+    assert not slow.ok and slow.value >= 3
+    # With enough requests, it is the p99 itself: 2% slow requests fail it.
+    tail = next(r for r in g.judge(spec, _window(1960, 40, 0.0025, 0.025), _window(2000, 0, 0.0025, 1.0), None)
+                if r.gate == "p99_ratio")
+    assert tail.note == "" and not tail.ok
+
+
 def test_psi_and_agreement_see_a_shift_and_ignore_noise():
     rng = np.random.default_rng(0)
     same = rng.normal(size=5000)

@@ -15,7 +15,6 @@ Run with `make bench-rollout`; writes docs/benchmarks/rollout.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -30,22 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import free_port, registered_version, run_wrk  # noqa: E402
+from serving import free_port, one_row_body, registered_version, run_wrk, start_stack  # noqa: E402
 
 from modelyard.settings import Settings  # noqa: E402
-from modelyard.stack import Stack  # noqa: E402
 
 MODEL = "bench-rf100"
 SPEC = ROOT / "specs" / "bench_rf100.yaml"
-
-
-def body() -> str:
-    from sklearn.datasets import load_breast_cancer
-
-    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
-    frame.columns = [c.replace(" ", "_") for c in frame.columns]
-    row = frame.iloc[[0]]
-    return json.dumps({"dataframe_split": {"columns": list(row.columns), "data": row.values.tolist()}})
 
 
 class Wrk:
@@ -150,9 +139,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "rollout.md"))
     args = parser.parse_args()
 
-    settings = Settings()
-    print("bringing the stack up …", flush=True)
-    Stack(settings, progress=lambda m: print(f"  {m}", flush=True)).up()
+    settings = start_stack()
     os.environ.update(settings.child_env() | settings.prefect_client_env())
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -162,7 +149,7 @@ def main() -> None:
     from modelyard.spec import load_spec
     from tests.broken_models import register_faulty_version
 
-    payload = body()
+    payload = one_row_body()
     with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
         from flows.build import build
 

@@ -92,6 +92,24 @@ def run_wrk(url: str, body: str, seconds: int, connections: int) -> dict:
     return {"rps": rps, "p50_ms": latency_ms("50"), "p99_ms": latency_ms("99"), "errors": errors, "requests": total}
 
 
+def start_stack() -> Settings:
+    """The stack of this checkout's settings, up (started where it is not)."""
+    settings = Settings()
+    print("bringing the stack up …", flush=True)
+    Stack(settings, progress=lambda m: print(f"  {m}", flush=True)).up()
+    return settings
+
+
+def one_row_body() -> str:
+    """One breast-cancer row in MLflow's ``dataframe_split`` form: the request every run sends."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+    frame.columns = [c.replace(" ", "_") for c in frame.columns]
+    row = frame.iloc[[0]]
+    return json.dumps({"dataframe_split": {"columns": list(row.columns), "data": row.values.tolist()}})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
@@ -99,19 +117,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "serving.md"))
     args = parser.parse_args()
 
-    settings = Settings()
-    print("bringing the stack up …", flush=True)
-    Stack(settings, progress=lambda m: print(f"  {m}", flush=True)).up()
+    settings = start_stack()
     version = registered_version(settings)
     model_uri = f"models:/bench-rf100/{version}"
     print(f"model {model_uri}", flush=True)
-
-    from sklearn.datasets import load_breast_cancer
-
-    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
-    frame.columns = [c.replace(" ", "_") for c in frame.columns]
-    row = frame.iloc[[0]]
-    body = json.dumps({"dataframe_split": {"columns": list(row.columns), "data": row.values.tolist()}})
+    body = one_row_body()
 
     env = {**os.environ, **settings.child_env(), "MODELYARD_SERVE_ANONYMOUS": "true",
            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",

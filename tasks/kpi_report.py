@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.kpis import delivery_kpis
+from tasks.kpis import concerns, delivery_kpis, is_redeploy
 
 # What the chart and the page count, by ledger action.
 OUTCOMES = {"deploy.succeeded": "succeeded", "deploy.rolled_back": "rolled back by itself",
@@ -35,10 +35,6 @@ LABELS = {
 }
 
 
-def _mine(record: dict, model: str | None) -> bool:
-    return model is None or record["subject"] == model or record["subject"].startswith(f"{model}/")
-
-
 def _day(record: dict) -> str:
     return datetime.fromisoformat(record["time"]).astimezone(UTC).strftime("%Y-%m-%d")
 
@@ -49,9 +45,7 @@ def deployments_by_day(records: list[dict[str, Any]], model: str | None = None) 
     days: dict[str, Counter] = {}
     for record in records:
         outcome = OUTCOMES.get(record["action"])
-        if outcome is None or not _mine(record, model):
-            continue
-        if any(s.get("step") == "already serving" for s in record["details"].get("timeline", [])):
+        if outcome is None or not concerns(record, model) or is_redeploy(record):
             continue
         days.setdefault(_day(record), Counter())[outcome] += 1
     return dict(sorted(days.items()))
@@ -60,7 +54,7 @@ def deployments_by_day(records: list[dict[str, Any]], model: str | None = None) 
 def recoveries(records: list[dict[str, Any]], model: str | None = None) -> list[dict[str, Any]]:
     """Each closed loop: the version it put in service, MTTD, MTTR and how long the retrain took."""
     return [{"subject": r["subject"], "time": r["time"], **r["details"]}
-            for r in records if r["action"] == "kpi.recovered" and _mine(r, model)]
+            for r in records if r["action"] == "kpi.recovered" and concerns(r, model)]
 
 
 def kpi_chart(records: list[dict[str, Any]], model: str | None, path: Path) -> Path:
@@ -129,7 +123,7 @@ def kpi_html(records: list[dict[str, Any]], model: str | None = None, chart_png:
                    for k, v in numbers.items())
     image = (f'<img alt="rollouts per day and closed loops" src="data:image/png;base64,'
              f'{base64.b64encode(chart_png).decode()}">' if chart_png else "")
-    ended = [r for r in records if r["action"] in OUTCOMES and _mine(r, model)][-recent:]
+    ended = [r for r in records if r["action"] in OUTCOMES and concerns(r, model)][-recent:]
     events = "".join(
         f"<tr><td>{html.escape(r['time'])}</td><td>{html.escape(r['subject'])}</td>"
         f"<td style='color:{COLOURS[OUTCOMES[r['action']]]}'>{html.escape(OUTCOMES[r['action']])}</td>"

@@ -38,15 +38,21 @@ def recovery_for(records: list[dict[str, Any]], model: str, version: str, servin
             "mttr_s": serving_at - _at(alert), "retrain_s": _at(finished[-1]) - _at(started[-1])}
 
 
+def concerns(record: dict[str, Any], model: str | None) -> bool:
+    """Whether a ledger record is about ``model`` (the model or one of its versions); any with None."""
+    return model is None or record["subject"] == model or record["subject"].startswith(f"{model}/")
+
+
+def is_redeploy(record: dict[str, Any]) -> bool:
+    """A deploy of the version already serving: no deployment in the KPIs' sense."""
+    return any(s.get("step") == "already serving" for s in record["details"].get("timeline", []))
+
+
 def delivery_kpis(records: list[dict[str, Any]], model: str | None = None) -> dict[str, Any]:
     """Deployments, their success rate and frequency, rollbacks, and mean MTTD/MTTR."""
-    def mine(r: dict) -> bool:
-        return model is None or r["subject"] == model or r["subject"].startswith(f"{model}/")
-
-    records = [r for r in records if mine(r)]
+    records = [r for r in records if concerns(r, model)]
     started = [r for r in records if r["action"] == "deploy.started"]
-    succeeded = [r for r in records if r["action"] == "deploy.succeeded"
-                 and not any(s.get("step") == "already serving" for s in r["details"].get("timeline", []))]
+    succeeded = [r for r in records if r["action"] == "deploy.succeeded" and not is_redeploy(r)]
     rolled_back = [r for r in records if r["action"] in ("deploy.rolled_back", "deploy.manual_rollback")]
     recoveries = [r["details"] for r in records if r["action"] == "kpi.recovered"]
     span_days = ((_at(records[-1]) - _at(records[0])) / 86400) if len(records) > 1 else 0.0

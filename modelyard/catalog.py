@@ -1,0 +1,110 @@
+"""The catalog of names: every ledger action, Prefect event, registry alias and header, once.
+
+Flows, tasks, the serving side, automations, KPIs and `prefect.yaml` all speak these names;
+a test checks that `prefect.yaml` matches them. A name is never derived from another by
+string surgery: the alert → ledger-action mapping is written out below.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# --- registry aliases ------------------------------------------------------------------------
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+class Action(StrEnum):
+    """What a ledger record says happened."""
+
+    STACK_SMOKE = "stack.smoke"
+    DATA_VALIDATED = "data.validated"
+    DATA_REJECTED = "data.rejected"
+    MODEL_REGISTERED = "model.registered"
+    MODEL_EVALUATED = "model.evaluated"
+    MODEL_PROMOTED = "model.promoted"
+    IMAGE_BUILT = "docker.image.built"
+    DEPLOY_STARTED = "deploy.started"
+    DEPLOY_SUCCEEDED = "deploy.succeeded"
+    DEPLOY_ROLLED_BACK = "deploy.rolled_back"  # a rollout's own gate failed; traffic went back by itself
+    AUTOMATIC_ROLLBACK = "deploy.automatic_rollback"  # an alert on a serving version put the previous back
+    AUTOMATIC_ROLLBACK_FAILED = "deploy.automatic_rollback_failed"
+    MANUAL_ROLLBACK = "deploy.manual_rollback"  # an operator put the previous version back
+    MANUAL_ROLLBACK_FAILED = "deploy.manual_rollback_failed"
+    REGISTRY_WEBHOOK_REJECTED = "registry.webhook.rejected"
+    REGISTRY_EVENT_EMITTED = "registry.event.emitted"
+    REGISTRY_EVENT_RECONCILED = "registry.event.reconciled"
+    MONITOR_DRIFT = "monitor.drift.detected"
+    MONITOR_PERFORMANCE = "monitor.performance.degraded"
+    MONITOR_SERVICE = "monitor.service.degraded"
+    MONITOR_INVALID_DATA = "monitor.data.invalid"
+    RETRAIN_SKIPPED = "retrain.skipped"
+    RETRAIN_STARTED = "retrain.started"
+    RETRAIN_FINISHED = "retrain.finished"
+    KPI_RECOVERED = "kpi.recovered"
+    KPI_CLOSED_LOOP = "kpi.closed_loop"
+
+
+class Event(StrEnum):
+    """Prefect events modelyard emits; deployment triggers and automations match them."""
+
+    REGISTRY_VERSION_CREATED = "modelyard.registry.model_version.created"
+    REGISTRY_ALIAS_CREATED = "modelyard.registry.model_version_alias.created"
+    REGISTRY_ALIAS_DELETED = "modelyard.registry.model_version_alias.deleted"
+    DRIFT_DETECTED = "modelyard.drift.detected"
+    PERFORMANCE_DEGRADED = "modelyard.performance.degraded"
+    SERVICE_DEGRADED = "modelyard.service.degraded"
+    DATA_INVALID = "modelyard.data.invalid"
+
+
+REGISTRY_EVENT_PREFIX = "modelyard.registry"
+
+
+def registry_event(entity: str, action: str) -> Event:
+    """The Prefect event for an MLflow webhook ``entity.action`` (raises on one we do not bridge)."""
+    return Event(f"{REGISTRY_EVENT_PREFIX}.{entity}.{action}")
+
+
+ALERT_EVENTS: tuple[Event, ...] = (Event.DRIFT_DETECTED, Event.PERFORMANCE_DEGRADED, Event.SERVICE_DEGRADED,
+                                   Event.DATA_INVALID)
+RETRAIN_EVENTS: tuple[Event, ...] = (Event.DRIFT_DETECTED, Event.PERFORMANCE_DEGRADED)
+ALERT_ACTIONS: dict[Event, Action] = {
+    Event.DRIFT_DETECTED: Action.MONITOR_DRIFT,
+    Event.PERFORMANCE_DEGRADED: Action.MONITOR_PERFORMANCE,
+    Event.SERVICE_DEGRADED: Action.MONITOR_SERVICE,
+    Event.DATA_INVALID: Action.MONITOR_INVALID_DATA,
+}
+# Ledger actions of alerts that start a retrain: the start of a closed loop for MTTD/MTTR.
+RETRAIN_ALERT_ACTIONS = frozenset(ALERT_ACTIONS[event] for event in RETRAIN_EVENTS)
+ROLLBACK_ACTIONS = frozenset({Action.DEPLOY_ROLLED_BACK, Action.AUTOMATIC_ROLLBACK, Action.MANUAL_ROLLBACK})
+AUTOMATIC_ROLLBACK_ACTIONS = frozenset({Action.DEPLOY_ROLLED_BACK, Action.AUTOMATIC_ROLLBACK})
+
+# --- MLflow webhooks (what the bridge accepts, where) ------------------------------------------
+WEBHOOK_PATH = "/webhooks/mlflow"
+WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created", "model_version_alias.deleted")
+WEBHOOK_NAME = "modelyard-registry-bridge"
+
+# --- HTTP headers between modelyard's own parts -----------------------------------------------
+# A replayed request (warm-up, model-gate comparison) stays out of a server's metrics and log.
+REPLAY_HEADER = "X-Modelyard-Replay"
+SHADOW_HEADER = "X-Modelyard-Shadow"
+
+# --- resource ids and labels on Prefect events -------------------------------------------------
+def model_resource_id(model: str) -> str:
+    return f"modelyard.model.{model}"
+
+
+def version_resource_id(model: str, version: str) -> str:
+    return f"mlflow.model.{model}.version.{version}"
+
+
+# --- Prefect deployments (name/deployment) that code starts or schedules ----------------------
+MONITOR_DEPLOYMENT = "monitor/monitor"
+ROLLBACK_DEPLOYMENT = "rollback/rollback"
+DEPLOY_DEPLOYMENT = "deploy/deploy-on-champion"
+RETRAIN_DEPLOYMENT = "retrain/retrain-on-alert"
+
+# --- MLflow tags on model versions --------------------------------------------------------------
+TAG_ARTIFACT_SHA256 = "modelyard.artifact_sha256"
+TAG_DEPLOY_STATUS = "modelyard.deploy_status"
+TAG_DEPLOY_DETAIL = "modelyard.deploy_detail"

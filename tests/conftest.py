@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from modelyard.settings import Settings
-from modelyard.stack import PROCESS_COMPONENTS, Stack
+from modelyard.cli.stack import PROCESS_COMPONENTS, Stack
 
 
 def quiet(spec: dict) -> dict:

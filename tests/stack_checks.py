@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 
 from modelyard.ledger import ledger_from_settings
-from modelyard.runs import run_deployment_and_wait
-from modelyard.stack import Stack
+from modelyard.cli.runs import run_deployment_and_wait
+from modelyard.cli.stack import Stack
 
 
 def assert_stack_healthy(stack: Stack) -> None:

@@ -21,7 +21,7 @@ from tests.conftest import quiet
 from deployments.strategies import RolloutFailed, active_version, history, wait_active
 from tests.broken_models import register_faulty_version
 from modelyard.ledger import ledger_from_settings
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 
 pytestmark = pytest.mark.stack
 

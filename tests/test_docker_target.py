@@ -17,7 +17,7 @@ import yaml
 from deployments.server.main import resolve_model_dir
 from deployments.targets.docker import LABEL_MODEL, LABEL_SHA256, LABEL_VERSION, TAG_DIGEST, TAG_IMAGE, DockerTarget
 from modelyard.ledger import ledger_from_settings
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.docker]
 

@@ -21,7 +21,7 @@ import yaml
 from tests.conftest import quiet
 
 from deployments.server.prediction_log import read_prediction_log
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 from tests.servers import ServerProcess, start_server
 
 pytestmark = pytest.mark.stack

@@ -16,7 +16,7 @@ from tests.conftest import quiet
 
 from modelyard.integrity import artifact_digest
 from modelyard.ledger import ledger_from_settings
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 from tasks.registry import CHALLENGER, CHAMPION, registry_snapshot, tracking_client
 from tasks.validation import ValidationFailed
 

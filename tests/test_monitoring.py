@@ -17,7 +17,7 @@ import yaml
 
 from deployments.strategies import active_version, wait_active
 from modelyard.ledger import ledger_from_settings
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 
 pytestmark = pytest.mark.stack
 

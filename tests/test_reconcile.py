@@ -15,7 +15,7 @@ from tests.conftest import quiet
 
 from deployments.strategies import active_version
 from modelyard.ledger import ledger_from_settings
-from modelyard.stack import REGISTRY_BRIDGE, Stack
+from modelyard.cli.stack import REGISTRY_BRIDGE, Stack
 
 pytestmark = pytest.mark.stack
 

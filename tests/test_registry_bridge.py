@@ -13,7 +13,7 @@ import pytest
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from deployments.bridge import SeenDeliveries, WebhookRejected, WebhookVerifier, prefect_event
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 from modelyard.webhooks import bridge_url, webhook_secret
 
 SECRET = "s3cret-for-tests"

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from modelyard.processes import port_in_use
-from modelyard.stack import Stack, StackError
+from modelyard.cli.stack import Stack, StackError
 from tests.conftest import alive, make_settings, stack_pids
 from tests.stack_checks import assert_smoke_flow_runs_and_audits, assert_stack_healthy
 

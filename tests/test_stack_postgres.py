@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 from pydantic import SecretStr
 
-from modelyard.stack import Stack
+from modelyard.cli.stack import Stack
 from tests.conftest import alive, make_settings, stack_pids
 from tests.stack_checks import assert_smoke_flow_runs_and_audits, assert_stack_healthy
 

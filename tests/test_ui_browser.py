@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.runs import flow_run_url
-from modelyard.stack import Stack
+from modelyard.cli.runs import flow_run_url
+from modelyard.cli.stack import Stack
 from tests.stack_checks import assert_smoke_flow_runs_and_audits
 
 pytestmark = [pytest.mark.stack, pytest.mark.browser]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from modelyard.settings import Settings  # noqa: E402
-from modelyard.stack import Stack  # noqa: E402
+from modelyard.cli.stack import Stack  # noqa: E402
 
 SPEC = ROOT / "specs" / "bench_rf100.yaml"
 BIN = Path(sys.executable).parent

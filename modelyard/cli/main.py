@@ -12,7 +12,7 @@ from rich.table import Table
 
 from modelyard.ledger import ledger_from_settings
 from modelyard.settings import get_settings
-from modelyard.stack import Stack, StackError
+from modelyard.cli.stack import Stack, StackError
 
 app = typer.Typer(help="modelyard: build, validate, evaluate, deploy, monitor and retrain models.", no_args_is_help=True)
 stack_app = typer.Typer(help="Start, stop and inspect the embedded stack.", no_args_is_help=True)
@@ -109,7 +109,7 @@ def train(
     promote: Annotated[bool, typer.Option(help="Promote to champion if it passes the policy.")] = False,
 ) -> None:
     """Run the model pipeline (validate → build → evaluate → register) on the stack's worker."""
-    from modelyard.runs import flow_run_url, run_deployment_and_wait
+    from modelyard.cli.runs import flow_run_url, run_deployment_and_wait
     from modelyard.spec import SpecError, load_spec
 
     try:
@@ -271,9 +271,9 @@ def demo(
     and rolled out by canary. Ends with MTTD, time to recovery and links."""
     import time
 
-    from modelyard.runs import flow_run_url, run_deployment_and_wait
+    from modelyard.cli.runs import flow_run_url, run_deployment_and_wait
     from modelyard.spec import load_spec
-    from modelyard.traffic import LabelFeeder, TrafficGenerator
+    from modelyard.cli.demo_traffic import LabelFeeder, TrafficGenerator
     from tasks.demo_data import apply_scenario, generate_transactions
     from tasks.registry import registry_snapshot, tracking_client
 

@@ -9,12 +9,15 @@ TOOLS ?= .venv-tools
 UV := $(TOOLS)/bin/uv
 TEST_PACKAGES := postgresql chromium nginx wrk
 PYTEST_ARGS ?=
+# Three kinds of test: plain values (unit), the real servers (integration), the closed loop (e2e).
+TESTS := tests/unit tests/integration tests/e2e
 
-.PHONY: help install system-deps demo test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout bench-monitoring
+.PHONY: help install system-deps demo lint test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout bench-monitoring
 
 help:
 	@echo "make demo    set everything up, start the stack, run the lifecycle demo"
-	@echo "make test    set everything up and run the whole test suite"
+	@echo "make test    set everything up, check the layers (lint-imports), run the whole test suite"
+	@echo "make test-fast   the layers and the unit tests only (no servers)"
 	@echo "make lock    re-resolve requirements.lock from pyproject.toml"
 
 # uv lives in its own small venv: `uv pip sync` removes from the project venv whatever the lock
@@ -41,15 +44,20 @@ demo: install
 system-deps:
 	bash infra/scripts/install-system-packages.sh $(TEST_PACKAGES)
 
-test: install system-deps
+# The layer contracts of pyproject.toml ([tool.importlinter]): an upward import or a cycle fails
+# here, before anything slow starts.
+lint: install
+	$(BIN)/lint-imports
+
+test: lint system-deps
 	bash infra/scripts/start-docker.sh
 	bash infra/docker/build-base-image.sh modelyard/base:bookworm
 	export MODELYARD_TEST_POSTGRES_URL="$$(bash infra/scripts/start-postgres.sh | tail -n 1)" && \
 	export MODELYARD_DOCKER_BASE_IMAGE=modelyard/base:bookworm && \
-	$(BIN)/python -m pytest -q -rfEs --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rfEs --durations=30 $(PYTEST_ARGS) $(TESTS)
 
-test-fast: install
-	$(BIN)/python -m pytest -q -m "not stack" $(PYTEST_ARGS)
+test-fast: lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests/unit
 
 lock: $(UV)
 	$(UV) pip compile -q pyproject.toml --extra test -o requirements.lock --python-version 3.11 --generate-hashes

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.catalog import (WEBHOOK_EVENTS, WEBHOOK_PATH, Action, registered_model_resource_id,
+                               registry_event, version_resource_id)
+from modelyard.settings import Settings
+
 SIGNATURE_HEADER = "x-mlflow-signature"
 DELIVERY_HEADER = "x-mlflow-delivery-id"
 TIMESTAMP_HEADER = "x-mlflow-timestamp"
 MAX_AGE_S = 300
-WEBHOOK_PATH = "/webhooks/mlflow"
-WEBHOOK_EVENTS = ("model_version.created", "model_version_alias.created", "model_version_alias.deleted")
 
 
 class WebhookRejected(Exception):
@@ -104,6 +106,8 @@ class WebhookVerifier:
             entity, action, data = payload["entity"], payload["action"], payload["data"]
         except (ValueError, KeyError, TypeError):
             raise WebhookRejected(400, "the body is not an MLflow webhook payload") from None
+        if f"{entity}.{action}" not in WEBHOOK_EVENTS:
+            raise WebhookRejected(400, f"{entity}.{action} is not a registry event the bridge forwards")
         if not self.seen.claim(delivery_id, now):
             raise WebhookRejected(409, f"delivery {delivery_id} was already received")
         return Delivery(delivery_id, int(timestamp), str(entity), str(action), dict(data))
@@ -113,16 +117,16 @@ def prefect_event(delivery: Delivery) -> dict[str, Any]:
     """The Prefect event for a registry change: resources name the model and the version."""
     data = delivery.data
     name, version = str(data.get("name", "")), str(data.get("version", ""))
-    resource = {"prefect.resource.id": f"mlflow.model.{name}.version.{version}",
+    resource = {"prefect.resource.id": version_resource_id(name, version),
                 "prefect.resource.name": f"{name} v{version}",
                 "mlflow.model": name, "mlflow.version": version}
     if "alias" in data:
         resource["mlflow.alias"] = str(data["alias"])
     return {
-        "event": f"modelyard.registry.{delivery.entity}.{delivery.action}",
+        "event": str(registry_event(delivery.entity, delivery.action)),
         "resource": resource,
-        "related": [{"prefect.resource.id": f"mlflow.model.{name}", "prefect.resource.role": "model",
-                     "prefect.resource.name": name}],
+        "related": [{"prefect.resource.id": registered_model_resource_id(name),
+                     "prefect.resource.role": "model", "prefect.resource.name": name}],
         "payload": {**data, "delivery_id": delivery.delivery_id, "mlflow_timestamp": delivery.timestamp},
     }
 
@@ -131,7 +135,7 @@ class BridgeApp:
     """ASGI app: POST /webhooks/mlflow → verified → Prefect event; GET /health."""
 
     def __init__(self, verifier: WebhookVerifier, emit: Callable[[dict[str, Any]], None],
-                 audit: Callable[[str, str, dict], None], max_body: int = 1 << 20) -> None:
+                 audit: Callable[[Action, str, dict], None], max_body: int = 1 << 20) -> None:
         self.verifier, self.emit, self.audit, self.max_body = verifier, emit, audit, max_body
 
     async def __call__(self, scope, receive, send) -> None:
@@ -163,14 +167,14 @@ class BridgeApp:
         try:
             delivery = self.verifier.verify(headers, b"".join(body))
         except WebhookRejected as rejected:
-            self.audit("registry.webhook.rejected", "registry-bridge",
+            self.audit(Action.REGISTRY_WEBHOOK_REJECTED, "registry-bridge",
                        {"status": rejected.status, "reason": rejected.reason,
                         "delivery_id": headers.get(DELIVERY_HEADER, "")[:64]})
             await _respond(send, rejected.status, {"error": rejected.reason})
             return
         event = prefect_event(delivery)
         self.emit(event)
-        self.audit("registry.event.emitted", event["resource"]["prefect.resource.id"],
+        self.audit(Action.REGISTRY_EVENT_EMITTED, event["resource"]["prefect.resource.id"],
                    {"event": event["event"], "delivery_id": delivery.delivery_id, **delivery.data})
         await _respond(send, 202, {"emitted": event["event"], "resource": event["resource"]["prefect.resource.id"]})
 
@@ -186,21 +190,21 @@ def emit_prefect_event(event: dict[str, Any]) -> None:
     emit_event(event=event["event"], resource=event["resource"], related=event["related"], payload=event["payload"])
 
 
-def serve_bridge() -> None:
-    """Run the bridge for the stack in the settings (started by `modelyard stack up`)."""
+def serve_bridge(settings: Settings) -> None:
+    """Run the bridge for the stack ``settings`` describes (started by `modelyard stack up`)."""
     import uvicorn
 
     from modelyard.ledger import ledger_from_settings
-    from modelyard.settings import get_settings
     from modelyard.webhooks import webhook_secret
 
-    settings = get_settings()
     ledger = ledger_from_settings(settings)
     verifier = WebhookVerifier(webhook_secret(settings), SeenDeliveries(settings.run_dir / "bridge-deliveries.sqlite"))
     app = BridgeApp(verifier, emit_prefect_event, lambda action, subject, details: ledger.append(
-        "registry-bridge", action, subject, details))
+        "registry-bridge", str(action), subject, details))
     uvicorn.run(app, host=settings.host, port=settings.bridge_port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":
-    serve_bridge()
+    from modelyard.settings import get_settings
+
+    serve_bridge(get_settings())

@@ -1,64 +1,26 @@
 """Rollout gates: is the new version as healthy and as sensible as the one it replaces?
 
-Service gates read the servers' own Prometheus counters over a window (two scrapes, the
-difference between them): error rate and p99 latency of the new version, and its p99 against
-the serving version's in the same window. Model gates compare answers on the *same* inputs:
-the canary's logged inputs replayed against the serving version (or, for shadow traffic, both
-versions' logs joined by request id) give an agreement rate and a PSI of the prediction
-distributions. Everything here is a plain function of numbers, testable without servers.
+Service gates read the servers' own Prometheus counters over a window (two scrapes by the
+inference client, the difference between them): error rate and p99 latency of the new version,
+and its p99 against the serving version's in the same window. Model gates compare answers on
+the *same* inputs: the canary's logged inputs replayed against the serving version (or, for
+shadow traffic, both versions' logs joined by request id) give an agreement rate and a PSI of
+the prediction distributions. Everything here is a plain function of numbers, testable without
+servers.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
-import pandas as pd
 
 from modelyard.spec import GateSpec
 
-INFERENCE_ROUTES = ("invocations", "v2_infer")
-_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-@dataclass(frozen=True)
-class MetricsSnapshot:
-    """Inference requests by status, and the latency histogram (upper bounds → cumulative counts)."""
-
-    by_status: dict[int, int]
-    latency_buckets: dict[float, int]
-
-    @property
-    def requests(self) -> int:
-        return sum(self.by_status.values())
-
-
-def parse_metrics(text: str) -> MetricsSnapshot:
-    by_status: dict[int, int] = {}
-    buckets: dict[float, int] = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        labels = dict(_LABEL.findall(match["labels"]))
-        value = float(match["value"])
-        if match["name"] == "modelyard_requests_total" and labels.get("route") in INFERENCE_ROUTES:
-            status = int(labels["status"])
-            by_status[status] = by_status.get(status, 0) + int(value)
-        elif match["name"] == "modelyard_request_latency_seconds_bucket":
-            bound = math.inf if labels["le"] == "+Inf" else float(labels["le"])
-            buckets[bound] = int(value)
-    return MetricsSnapshot(by_status, buckets)
-
-
-def scrape(url: str, headers: dict[str, str] | None = None) -> MetricsSnapshot:
-    response = httpx.get(f"{url}/metrics", headers=headers or {}, timeout=5)
-    response.raise_for_status()
-    return parse_metrics(response.text)
+if TYPE_CHECKING:  # scraped by the inference client; the gates only take the numbers
+    from modelyard.resources.inference import MetricsSnapshot
 
 
 def histogram_quantile(q: float, cumulative: dict[float, int]) -> float | None:
@@ -135,8 +97,8 @@ def psi(expected: np.ndarray, actual: np.ndarray, categorical: bool, bins: int =
         a = np.array([(actual.astype(str) == label).mean() for label in labels])
     else:
         edges = np.unique(np.quantile(expected.astype(float), np.linspace(0, 1, bins + 1)))
-        if len(edges) < 2:
-            edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+        if len(edges) < 2:  # a constant reference: below it, exactly it, above it
+            edges = np.array([-np.inf, edges[0], np.nextafter(edges[0], np.inf), np.inf])
         edges[0], edges[-1] = -np.inf, np.inf
         e = np.histogram(expected.astype(float), edges)[0] / len(expected)
         a = np.histogram(actual.astype(float), edges)[0] / len(actual)
@@ -211,18 +173,3 @@ def failures(results: list[GateResult]) -> str:
 
 def results_dicts(results: list[GateResult]) -> list[dict]:
     return [asdict(r) for r in results]
-
-
-def replay_frame(frame: pd.DataFrame, url: str, headers: dict[str, str], chunk: int = 500) -> np.ndarray:
-    """The serving version's answers to ``frame`` (inputs a canary answered), marked as a replay
-    so they stay out of its prediction log and latency metrics."""
-    answers: list = []
-    for start in range(0, len(frame), chunk):
-        part = frame.iloc[start:start + chunk]
-        body = {"dataframe_split": {"columns": list(part.columns),
-                                    "data": part.astype(object).where(part.notna(), None).values.tolist()}}
-        response = httpx.post(f"{url}/invocations", json=body, timeout=30,
-                              headers={**headers, "X-Modelyard-Replay": "1"})
-        response.raise_for_status()
-        answers.extend(response.json()["predictions"])
-    return np.asarray(answers)

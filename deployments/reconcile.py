@@ -11,13 +11,11 @@ version decides — and models with a rollout in progress are left alone.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from modelyard.settings import Settings
-
-ALIAS = "champion"
+from modelyard.catalog import (CHAMPION, Action, Event, parse_version_resource_id, registered_model_resource_id,
+                               version_resource_id)
 
 
 @dataclass(frozen=True)
@@ -38,17 +36,17 @@ def missed_deploys(champions: dict[str, str], serving: dict[str, str | None],
 def alias_event(model: str, version: str) -> dict:
     """The event the bridge emits for an alias set on a version, marked as reconciled."""
     return {
-        "event": "modelyard.registry.model_version_alias.created",
-        "resource": {"prefect.resource.id": f"mlflow.model.{model}.version.{version}",
+        "event": str(Event.REGISTRY_ALIAS_CREATED),
+        "resource": {"prefect.resource.id": version_resource_id(model, version),
                      "prefect.resource.name": f"{model} v{version}", "mlflow.model": model,
-                     "mlflow.version": version, "mlflow.alias": ALIAS, "modelyard.reconciled": "true"},
-        "related": [{"prefect.resource.id": f"mlflow.model.{model}", "prefect.resource.role": "model",
-                     "prefect.resource.name": model}],
-        "payload": {"name": model, "version": version, "alias": ALIAS, "source": "reconciler"},
+                     "mlflow.version": version, "mlflow.alias": CHAMPION, "modelyard.reconciled": "true"},
+        "related": [{"prefect.resource.id": registered_model_resource_id(model),
+                     "prefect.resource.role": "model", "prefect.resource.name": model}],
+        "payload": {"name": model, "version": version, "alias": CHAMPION, "source": "reconciler"},
     }
 
 
-IN_FLIGHT_ACTIONS = {"registry.event.emitted", "registry.event.reconciled", "deploy.started"}
+IN_FLIGHT_ACTIONS = frozenset({Action.REGISTRY_EVENT_EMITTED, Action.REGISTRY_EVENT_RECONCILED, Action.DEPLOY_STARTED})
 
 
 def recently_in_flight(records: list[dict], now: datetime, grace_s: float) -> dict[str, set[str]]:
@@ -62,19 +60,7 @@ def recently_in_flight(records: list[dict], now: datetime, grace_s: float) -> di
         if (now - datetime.fromisoformat(record["time"])).total_seconds() > grace_s:
             continue
         subject = record.get("subject", "")
-        match = re.fullmatch(r"mlflow\.model\.(.+)\.version\.(\d+)", subject)
-        model, version = match.groups() if match else (subject.rpartition("/")[0], subject.rpartition("/")[2])
+        model, version = parse_version_resource_id(subject) or (subject.rpartition("/")[0], subject.rpartition("/")[2])
         if model and version:
             found.setdefault(model, set()).add(version)
     return found
-
-
-def registry_champions(settings: Settings) -> dict[str, str]:
-    from tasks.registry import tracking_client
-
-    client = tracking_client(settings)
-    champions = {}
-    for model in client.search_registered_models():
-        if ALIAS in model.aliases:
-            champions[model.name] = str(model.aliases[ALIAS])
-    return champions

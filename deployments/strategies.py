@@ -14,23 +14,20 @@ previous version — after checking that it is still ready — and says why.
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 
 from deployments import gates as g
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
 from deployments.targets.base import Endpoint, Target, TargetError
+from deployments.targets.kubernetes import KubernetesTarget
 from deployments.targets.local import LocalTarget
 from deployments.traffic.nginx import NginxRouter
+from modelyard.resources import get_resources
+from modelyard.resources.inference import InferenceError
 from modelyard.settings import Settings
 from modelyard.spec import RolloutSpec
 
@@ -56,154 +53,10 @@ class Rollout:
     rollback_s: float | None = None
 
     def step(self, name: str, ok: bool, detail: str = "", **data) -> None:
-        self.timeline.append({"t_s": round(time.monotonic() - self.started, 3), "step": name,
+        """One timeline entry: seconds since the rollout began (``t_s``) and the wall-clock time
+        it happened (``at``, what recovery times are measured from)."""
+        self.timeline.append({"t_s": round(time.monotonic() - self.started, 3), "at": time.time(), "step": name,
                               "ok": ok, "detail": detail, **data})
-
-
-def auth_headers(settings: Settings) -> dict[str, str]:
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-WARM_UP_REQUESTS = 20
-
-
-def smoke_request(settings: Settings, endpoint: Endpoint, warm_up: int = WARM_UP_REQUESTS) -> None:
-    """POST the model's own serving input example; anything but 200 fails the gate. Then warm
-    the version up with ``warm_up`` more, marked as replays (kept out of its latency metrics and
-    prediction log), so that its first live requests do not pay for cold paths and the latency
-    gate compares warm with warm."""
-    model_dir = settings.state_dir / "models" / f"{endpoint.model}-{endpoint.version}"
-    example = next(iter(sorted(model_dir.rglob("serving_input_example.json"))), None)
-    if example is None:
-        raise TargetError("the version has no serving input example to smoke-test with")
-    body, headers = example.read_bytes(), {"Content-Type": "application/json", **auth_headers(settings)}
-    response = httpx.post(f"{endpoint.url}/invocations", content=body, timeout=10, headers=headers)
-    if response.status_code != 200:
-        raise TargetError(f"smoke request answered {response.status_code}: {response.text[:200]}")
-    with httpx.Client(timeout=10, headers={**headers, "X-Modelyard-Replay": "1"}) as client:
-        for _ in range(warm_up):
-            client.post(f"{endpoint.url}/invocations", content=body)
-
-
-def wait_serving(settings: Settings, url: str, version: str, timeout_s: float = 10) -> bool:
-    """Until the stable endpoint answers with ``version`` (several times in a row)."""
-    deadline = time.monotonic() + timeout_s
-    streak = 0
-    while time.monotonic() < deadline:
-        try:
-            answer = httpx.get(f"{url}/version", headers=auth_headers(settings), timeout=2)
-            streak = streak + 1 if answer.status_code == 200 and answer.json().get("version") == version else 0
-            if streak >= 3:
-                return True
-        except httpx.HTTPError:
-            streak = 0
-        time.sleep(0.05)
-    return False
-
-
-# --- what is serving, what was, what failed ---------------------------------------------
-
-def _serving_dir(settings: Settings):
-    path = settings.state_dir / "serving"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def active_record(settings: Settings, model: str) -> dict | None:
-    """What serves the model's stable endpoint now: ``{"version", "endpoint", "since"}``."""
-    try:
-        record = json.loads((settings.state_dir / "serving" / f"{model}.active.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return record if "version" in record else None
-
-
-def active_version(settings: Settings, model: str) -> str | None:
-    record = active_record(settings, model)
-    return record["version"] if record else None
-
-
-def wait_active(settings: Settings, model: str, version: str, timeout_s: float, poll_s: float = 1.0) -> dict | None:
-    """The active record once ``version`` serves the model (a deploy started elsewhere, e.g. by a
-    registry event, has finished its switch), or None after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = active_record(settings, model)
-        if record is not None and record["version"] == version:
-            return record
-        time.sleep(poll_s)
-    return None
-
-
-def history(settings: Settings, model: str) -> list[dict]:
-    """Every version that became active, oldest first."""
-    try:
-        return json.loads((_serving_dir(settings) / f"{model}.history.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return []
-
-
-def record_active(settings: Settings, model: str, version: str, url: str, strategy: str) -> None:
-    directory = _serving_dir(settings)
-    now = time.time()
-    staged = directory / f".{model}.active.json.tmp"
-    staged.write_text(json.dumps({"version": version, "endpoint": url, "since": now}))
-    os.replace(staged, directory / f"{model}.active.json")  # readers never see half a file
-    entries = history(settings, model) + [{"version": version, "since": now, "strategy": strategy}]
-    (directory / f"{model}.history.json").write_text(json.dumps(entries[-50:]))
-
-
-def refused_versions(settings: Settings, model: str) -> dict[str, str]:
-    """Versions whose rollout failed (version → reason): the reconciler does not retry them."""
-    try:
-        return json.loads((_serving_dir(settings) / f"{model}.refused.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def record_refused(settings: Settings, model: str, version: str, reason: str) -> None:
-    refused = refused_versions(settings, model) | {version: reason[:500]}
-    (_serving_dir(settings) / f"{model}.refused.json").write_text(json.dumps(refused))
-
-
-def _lock_path(settings: Settings, model: str) -> Path:
-    return _serving_dir(settings) / f"{model}.lock"
-
-
-def _try_lock(handle) -> bool:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-@contextmanager
-def model_lock(settings: Settings, model: str, timeout_s: float = 900) -> Iterator[None]:
-    """One rollout per model at a time, across processes (an event and the reconciler may race)."""
-    with open(_lock_path(settings, model), "a+") as handle:
-        deadline = time.monotonic() + timeout_s
-        while not _try_lock(handle):
-            if time.monotonic() > deadline:
-                raise RolloutFailed(f"another rollout of {model} held the lock for {timeout_s:.0f} s", [])
-            time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def rollout_in_progress(settings: Settings, model: str) -> bool:
-    """Whether some process holds the model's rollout lock now (probed without waiting)."""
-    path = _lock_path(settings, model)
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        if not _try_lock(handle):
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 # --- shared steps -----------------------------------------------------------------------
@@ -212,10 +65,10 @@ def _start_and_smoke(settings: Settings, target: Target, rollout: Rollout) -> En
     try:
         new = target.start(rollout.model, rollout.version)
         rollout.step("started", True, f"v{rollout.version} ready at {new.url}")
-        smoke_request(settings, new)
+        get_resources(settings).inference.smoke(new.url, new.model, new.version)
         rollout.step("smoke", True, "input example answered 200")
         return new
-    except TargetError as error:
+    except (TargetError, InferenceError) as error:
         rollout.step("gate failed", False, str(error))
         target.stop(rollout.model, rollout.version)
         rollout.step("rolled back", True, f"v{rollout.previous} keeps serving" if rollout.previous else "nothing was serving")
@@ -225,15 +78,16 @@ def _start_and_smoke(settings: Settings, target: Target, rollout: Rollout) -> En
 def _switch_all(settings: Settings, target: Target, router: NginxRouter, rollout: Rollout,
                 new: Endpoint, old: Endpoint | None) -> None:
     """100% to ``new``; then let in-flight requests on ``old`` finish and stop it."""
+    resources = get_resources(settings)
     url = router.route(rollout.model, {new: 100})
     rollout.endpoint_url = url
-    if not wait_serving(settings, url, rollout.version):
+    if not resources.inference.wait_serving(url, rollout.version):
         reason = "the stable endpoint did not answer with the new version after the switch"
         rollout.step("switch probe", False, reason)
         _roll_back(settings, target, router, rollout, old)
         raise RolloutFailed(reason, rollout.timeline)
     rollout.step("switched", True, f"100% of traffic on v{rollout.version} via {url}", weights={rollout.version: 100})
-    record_active(settings, rollout.model, rollout.version, url, rollout.strategy)
+    resources.serving.record_active(rollout.model, rollout.version, url, rollout.strategy)
     if old is not None:
         time.sleep(1.0)  # requests already sent to the old version finish there
         target.stop(rollout.model, old.version)
@@ -247,7 +101,7 @@ def _roll_back(settings: Settings, target: Target, router: NginxRouter, rollout:
         rollout.step("rollback impossible", False, "no ready previous version to return to")
     else:
         url = router.route(rollout.model, {old: 100})
-        ok = wait_serving(settings, url, old.version)
+        ok = get_resources(settings).inference.wait_serving(url, old.version)
         rollout.rollback_s = round(time.monotonic() - began, 3)
         rollout.step("rolled back", ok, f"100% of traffic back on v{old.version} in {rollout.rollback_s:.3f} s",
                      weights={old.version: 100})
@@ -255,8 +109,16 @@ def _roll_back(settings: Settings, target: Target, router: NginxRouter, rollout:
 
 
 def _baseline(settings: Settings, target: Target, model: str) -> Endpoint | None:
-    previous = active_version(settings, model)
+    previous = get_resources(settings).serving.active_version(model)
     return target.endpoint(model, previous) if previous else None
+
+
+def _version_before(settings: Settings, model: str, current: str) -> str:
+    """The version that served before ``current`` (the latest other one in the history)."""
+    earlier = [h["version"] for h in get_resources(settings).serving.history(model) if h["version"] != current]
+    if not earlier:
+        raise RolloutFailed(f"{model} v{current} is the only version that ever served: nothing to roll back to", [])
+    return earlier[-1]
 
 
 # --- strategies -------------------------------------------------------------------------
@@ -265,7 +127,7 @@ def blue_green(settings: Settings, model: str, version: str,
                target: Target | None = None, router: NginxRouter | None = None) -> Rollout:
     """Start the new version beside the old, gate it, switch all traffic at once, stop the old."""
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
-    rollout = Rollout(model, version, active_version(settings, model), "blue_green")
+    rollout = Rollout(model, version, get_resources(settings).serving.active_version(model), "blue_green")
     if rollout.previous == version:
         rollout.step("already serving", True, f"v{version} is the active version")
         rollout.endpoint_url = router.url(model)
@@ -276,6 +138,22 @@ def blue_green(settings: Settings, model: str, version: str,
     return rollout
 
 
+def _start_beside_serving(settings: Settings, model: str, version: str, strategy: str, target: Target,
+                          router: NginxRouter) -> tuple[Rollout, Endpoint | None, Endpoint | None]:
+    """Canary and shadow compare the new version with the serving one: the rollout, the new
+    version started and smoke-tested, and the serving one. With none (or this one) serving there
+    is nothing to compare, so the version goes straight in as with blue/green: the rollout is
+    then complete and comes back without endpoints."""
+    old = _baseline(settings, target, model)
+    if old is None or old.version == version:
+        rollout = blue_green(settings, model, version, target, router)
+        rollout.step(f"{strategy} skipped", True, "no version was serving to compare against" if old is None
+                     else "already serving")
+        return rollout, None, None
+    rollout = Rollout(model, version, old.version, strategy)
+    return rollout, _start_and_smoke(settings, target, rollout), old
+
+
 def _compare_on_replay(settings: Settings, model: str, new: Endpoint, old: Endpoint, since: datetime,
                        categorical: bool, tolerance: float) -> g.ModelWindow | None:
     """The canary's logged inputs of this window, answered again by the serving version."""
@@ -283,18 +161,8 @@ def _compare_on_replay(settings: Settings, model: str, new: Endpoint, old: Endpo
     if logged.empty:
         return None
     logged = logged.tail(MAX_COMPARE_ROWS)
-    reference = g.replay_frame(inputs_frame(logged), old.url, auth_headers(settings))
+    reference = get_resources(settings).inference.replay(inputs_frame(logged), old.url)
     return g.compare_predictions(reference, logged["prediction"].to_numpy(), categorical, tolerance)
-
-
-def _switch_without_comparison(settings: Settings, model: str, version: str, target: Target, router: NginxRouter,
-                               old: Endpoint | None, strategy: str) -> Rollout:
-    """Canary and shadow compare against the serving version; with none (or this one) serving,
-    there is nothing to compare, so the version goes straight in as with blue/green."""
-    rollout = blue_green(settings, model, version, target, router)
-    rollout.step(f"{strategy} skipped", True, "no version was serving to compare against" if old is None
-                 else "already serving")
-    return rollout
 
 
 def _record_gates(rollout: Rollout, step: str, results: list[g.GateResult], **data) -> bool:
@@ -304,7 +172,7 @@ def _record_gates(rollout: Rollout, step: str, results: list[g.GateResult], **da
     return ok
 
 
-def _bake(settings: Settings, target: Target, rollout: Rollout, new: Endpoint, seconds: float) -> None:
+def _bake(target: Target, rollout: Rollout, seconds: float) -> None:
     """Wait out a bake, failing early if the new version dies."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -317,27 +185,25 @@ def canary(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
            target: Target | None = None, router: NginxRouter | None = None) -> Rollout:
     """Weighted steps with a bake each; every gate must pass before the next step."""
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
-    old = _baseline(settings, target, model)
-    if old is None or old.version == version:
-        return _switch_without_comparison(settings, model, version, target, router, old, "canary")
-    rollout = Rollout(model, version, old.version, "canary")
-    new = _start_and_smoke(settings, target, rollout)
-    headers = auth_headers(settings)
+    rollout, new, old = _start_beside_serving(settings, model, version, "canary", target, router)
+    if new is None or old is None:
+        return rollout
+    inference = get_resources(settings).inference
     for percent in plan.steps[:-1]:
         try:
-            before_new, before_old = g.scrape(new.url, headers), g.scrape(old.url, headers)
+            before_new, before_old = inference.scrape(new.url), inference.scrape(old.url)
             since = datetime.now(UTC)
             rollout.endpoint_url = router.route(model, {old: 100 - percent, new: percent})
             rollout.step(f"weight {percent}%", True, f"v{version} {percent}%, v{old.version} {100 - percent}%",
                          weights={old.version: 100 - percent, version: percent})
-            _bake(settings, target, rollout, new, plan.bake_s)
+            _bake(target, rollout, plan.bake_s)
             # Not enough traffic yet: bake up to twice as long again before judging.
             extra_deadline = time.monotonic() + 2 * plan.bake_s
-            while (g.scrape(new.url, headers).requests - before_new.requests < plan.gates.min_requests
+            while (inference.scrape(new.url).requests - before_new.requests < plan.gates.min_requests
                    and time.monotonic() < extra_deadline):
-                _bake(settings, target, rollout, new, 1.0)
-            new_window = g.service_window(before_new, g.scrape(new.url, headers))
-            old_window = g.service_window(before_old, g.scrape(old.url, headers))
+                _bake(target, rollout, 1.0)
+            new_window = g.service_window(before_new, inference.scrape(new.url))
+            old_window = g.service_window(before_old, inference.scrape(old.url))
             time.sleep(LOG_FLUSH_WAIT_S)
             model_window = _compare_on_replay(settings, model, new, old, since, categorical,
                                               plan.gates.regression_tolerance)
@@ -373,21 +239,20 @@ def _compare_shadow(settings: Settings, model: str, new: Endpoint, old: Endpoint
 def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, categorical: bool,
            target: Target | None = None, router: NginxRouter | None = None) -> Rollout:
     """Mirror live traffic to the new version (its answers go nowhere), compare, then switch."""
+    inference = get_resources(settings).inference
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
-    old = _baseline(settings, target, model)
-    if old is None or old.version == version:
-        return _switch_without_comparison(settings, model, version, target, router, old, "shadow")
-    rollout = Rollout(model, version, old.version, "shadow", endpoint_url=router.url(model))
-    new = _start_and_smoke(settings, target, rollout)
-    headers = auth_headers(settings)
+    rollout, new, old = _start_beside_serving(settings, model, version, "shadow", target, router)
+    if new is None or old is None:
+        return rollout
+    rollout.endpoint_url = router.url(model)
     try:
-        before = g.scrape(new.url, headers)
+        before = inference.scrape(new.url)
         since = datetime.now(UTC)
         router.shadow(model, new)
         rollout.step("shadow on", True, f"every request to v{old.version} is mirrored to v{version}",
                      weights={old.version: 100}, mirrored=version)
-        _bake(settings, target, rollout, new, plan.shadow_s)
-        window = g.service_window(before, g.scrape(new.url, headers))
+        _bake(target, rollout, plan.shadow_s)
+        window = g.service_window(before, inference.scrape(new.url))
         router.shadow(model, None)
         rollout.step("shadow off", True, f"v{version} answered {window.requests} mirrored requests")
         time.sleep(LOG_FLUSH_WAIT_S)
@@ -409,52 +274,15 @@ def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
     return rollout
 
 
-def kubernetes_blue_green(settings: Settings, model: str, version: str, target) -> Rollout:
-    """Blue/green on a cluster: the version's Deployment rolls out (readiness-gated by the
-    target), then the model's stable Service selector moves to it, then the old one is deleted.
-    Traffic moves by the Service, so there is no nginx here."""
-    try:
-        previous = target.routed_version(model)
-    except TargetError as error:
-        raise RolloutFailed(f"kubernetes: {error}", []) from error
-    rollout = Rollout(model, version, previous, "blue_green")
-    if previous == version:
-        rollout.step("already serving", True, f"the Service already selects v{version}")
-        return rollout
-    try:
-        new = target.start(model, version)
-        rollout.step("started", True, f"Deployment of v{version} ready ({new.url})")
-        target.route(model, version)
-        rollout.step("switched", True, f"Service selects v{version}", weights={version: 100})
-    except TargetError as error:
-        rollout.step("gate failed", False, str(error))
-        if previous is not None and target.routed_version(model) != previous:
-            target.route(model, previous)
-            rollout.step("rolled back", True, f"Service selects v{previous} again", weights={previous: 100})
-        target.stop(model, version)
-        raise RolloutFailed(str(error), rollout.timeline) from error
-    rollout.endpoint_url = new.url
-    record_active(settings, model, version, new.url, "blue_green")
-    if previous is not None:
-        target.stop(model, previous)
-        rollout.step("retired", True, f"v{previous} deleted")
-    return rollout
-
-
 def roll_back_to_previous(settings: Settings, model: str, target: Target | None = None,
                           router: NginxRouter | None = None, to_version: str | None = None) -> Rollout:
     """Manual rollback: the version that served before the current one (or ``to_version``)
     takes all traffic again; the current one is stopped."""
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
-    current = active_version(settings, model)
+    current = get_resources(settings).serving.active_version(model)
     if current is None:
         raise RolloutFailed(f"{model} is not serving: nothing to roll back", [])
-    if to_version is None:
-        earlier = [h["version"] for h in history(settings, model) if h["version"] != current]
-        if not earlier:
-            raise RolloutFailed(f"{model} v{current} is the only version that ever served: nothing to roll back to", [])
-        to_version = earlier[-1]
-    rollout = Rollout(model, to_version, current, "rollback")
+    rollout = Rollout(model, to_version or _version_before(settings, model, current), current, "rollback")
     began = time.monotonic()
     old = target.endpoint(model, current)
     new = _start_and_smoke(settings, target, rollout)
@@ -463,13 +291,96 @@ def roll_back_to_previous(settings: Settings, model: str, target: Target | None 
     return rollout
 
 
-def timeline_markdown(rollout: Rollout, outcome: str) -> str:
-    rows = "\n".join(
-        f"| {s['t_s']:.3f} | {s['step']} | {'ok' if s['ok'] else '**FAILED**'} | "
-        f"{', '.join(f'v{v}: {w}%' for v, w in s.get('weights', {}).items()) or '-'} | {s['detail']} |"
-        for s in rollout.timeline)
-    rollback = f"; rollback took {rollout.rollback_s:.3f} s" if rollout.rollback_s is not None else ""
-    return (f"# Rollout of {rollout.model} v{rollout.version} ({rollout.strategy}): {outcome}\n\n"
-            f"Previous version: {('v' + rollout.previous) if rollout.previous else 'none'}; "
-            f"endpoint {rollout.endpoint_url or '-'}{rollback}\n\n"
-            f"| t (s) | step | result | traffic | detail |\n|---|---|---|---|---|\n{rows}\n")
+# --- kubernetes: traffic moves by the model's Service selector, so there is no nginx here ---
+
+def _routed_version(target: KubernetesTarget, model: str) -> str | None:
+    try:
+        return target.routed_version(model)
+    except TargetError as error:
+        raise RolloutFailed(f"kubernetes: {error}", []) from error
+
+
+def _select(settings: Settings, target: KubernetesTarget, rollout: Rollout, endpoint: Endpoint) -> None:
+    """Point the Service at the rollout's version and record it as serving once it selects it."""
+    target.route(rollout.model, rollout.version)
+    if target.routed_version(rollout.model) != rollout.version:
+        raise TargetError(f"the Service of {rollout.model} does not select v{rollout.version} after the switch")
+    rollout.step("switched", True, f"Service selects v{rollout.version}", weights={rollout.version: 100})
+    rollout.endpoint_url = endpoint.url
+    get_resources(settings).serving.record_active(rollout.model, rollout.version, endpoint.url, rollout.strategy)
+
+
+def _undo_switch(target: KubernetesTarget, rollout: Rollout, error: TargetError) -> RolloutFailed:
+    """After a failed step: the Service selects the version it selected before (if it moved) and
+    the rollout's version is deleted; the failure to raise."""
+    rollout.step("gate failed", False, str(error))
+    if rollout.previous is not None and target.routed_version(rollout.model) != rollout.previous:
+        target.route(rollout.model, rollout.previous)
+        rollout.step("rolled back", True, f"Service selects v{rollout.previous} again", weights={rollout.previous: 100})
+    target.stop(rollout.model, rollout.version)
+    return RolloutFailed(str(error), rollout.timeline)
+
+
+def _retire(target: KubernetesTarget, rollout: Rollout) -> None:
+    if rollout.previous is not None:
+        target.stop(rollout.model, rollout.previous)
+        rollout.step("retired", True, f"v{rollout.previous} deleted")
+
+
+def kubernetes_blue_green(settings: Settings, model: str, version: str, target: KubernetesTarget) -> Rollout:
+    """Blue/green on a cluster: the version's Deployment rolls out (readiness-gated by the
+    target), then the model's stable Service selector moves to it, then the old one is deleted."""
+    rollout = Rollout(model, version, _routed_version(target, model), "blue_green")
+    if rollout.previous == version:
+        rollout.step("already serving", True, f"the Service already selects v{version}")
+        return rollout
+    try:
+        new = target.start(model, version)
+        rollout.step("started", True, f"Deployment of v{version} ready ({new.url})")
+        _select(settings, target, rollout, new)
+    except TargetError as error:
+        raise _undo_switch(target, rollout, error) from error
+    _retire(target, rollout)
+    return rollout
+
+
+def _restore(target: KubernetesTarget, rollout: Rollout) -> Endpoint:
+    """The rollback's version ready again: started when it was retired (its Deployment deleted);
+    when its Deployment is still there but not ready (a revision applied since it served), put
+    back on the revision before, like ``kubectl rollout undo``."""
+    model, version = rollout.model, rollout.version
+    state = target.version_state(model, version)
+    if state is None:
+        endpoint = target.start(model, version)
+        rollout.step("started", True, f"Deployment of v{version} ready again ({endpoint.url})")
+        return endpoint
+    if not state.ready:
+        revision = target.undo(model, version)
+        rollout.step("undone", True, f"Deployment of v{version} was not ready ({state.message}): back on revision "
+                                     f"{revision}")
+    endpoint = target.endpoint(model, version)
+    if endpoint is None:
+        raise TargetError(f"{model} v{version} has no available pod to take traffic")
+    rollout.step("started", True, f"Deployment of v{version} ready ({endpoint.url})")
+    return endpoint
+
+
+def kubernetes_roll_back(settings: Settings, model: str, target: KubernetesTarget,
+                         to_version: str | None = None) -> Rollout:
+    """Manual rollback on a cluster: the version that served before the one the Service selects
+    (or ``to_version``) is made ready again, the Service selects it, and the other is deleted."""
+    current = _routed_version(target, model)
+    if current is None:
+        raise RolloutFailed(f"{model} is not serving on the cluster: nothing to roll back", [])
+    rollout = Rollout(model, to_version or _version_before(settings, model, current), current, "rollback")
+    if rollout.version == current:
+        raise RolloutFailed(f"the Service already selects {model} v{current}: nothing to roll back to", [])
+    try:
+        endpoint = _restore(target, rollout)
+        _select(settings, target, rollout, endpoint)
+    except TargetError as error:
+        raise _undo_switch(target, rollout, error) from error
+    _retire(target, rollout)
+    rollout.rollback_s = round(time.monotonic() - rollout.started, 3)
+    return rollout
+

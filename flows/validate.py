@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
+from modelyard.catalog import Action
 from tasks.audit import record_audit_event
 from tasks.model_pipeline import (
-    log_validation_task, model_expectations_task, prepare_data_task, validate_data_task,
+    log_validation_task, model_expectations_task, prepare_data_task, validate_data_task, validation_summary,
 )
-from tasks.validation import ValidationFailed, report_markdown
+from tasks.reporting import publish, validation_artifact
+from tasks.validation import ValidationFailed
 
 
 @flow(name="validate", log_prints=True)
@@ -19,15 +20,9 @@ def validate(spec_path: str, data_path: str | None = None) -> dict:
     expectations, source = model_expectations_task(prepared)
     report = validate_data_task(prepared, expectations)
     run_id = log_validation_task(prepared, report, source)
-    create_markdown_artifact(
-        key=f"{prepared.spec.name}-validation".lower().replace("_", "-"),
-        markdown=report_markdown(report, f"Validation of {prepared.spec.name} data ({source})"),
-    )
-    summary = {"model": prepared.spec.name, "success": report.success, "fingerprint": prepared.fingerprint,
-               "evaluated": report.evaluated, "failed": [f.expectation + (f":{f.column}" if f.column else "") for f in report.failed],
-               "mlflow_run_id": run_id, "suite": source}
-    record_audit_event("data.validated" if report.success else "data.rejected", prepared.spec.name, summary)
-    summary["expectations"] = [e.model_dump() for e in expectations]
+    publish(validation_artifact(prepared.spec.name, report, source))
+    summary = validation_summary(prepared, report, run_id, source)
+    record_audit_event(Action.DATA_VALIDATED if report.success else Action.DATA_REJECTED, prepared.spec.name, summary)
     if not report.success:
         raise ValidationFailed(report)
-    return summary
+    return summary | {"expectations": [e.model_dump() for e in expectations]}

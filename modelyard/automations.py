@@ -1,19 +1,17 @@
 """Automations that `stack up` creates beside the deployment triggers of prefect.yaml.
 
-The triggers in prefect.yaml already turn alerts into work: drift or performance alerts run
-`retrain-on-alert`, a degraded service on a freshly deployed version runs `rollback`. What
-they cannot express is "tell a human": every alert also becomes a notification, a Prefect
-webhook notification (CustomWebhookNotificationBlock) POSTed to ``MODELYARD_NOTIFY_URL``.
+The triggers in prefect.yaml turn alerts into work (a retrain, an automatic rollback); what they
+cannot express is "tell a human": every alert also becomes a Prefect webhook notification
+(CustomWebhookNotificationBlock) POSTed to ``MODELYARD_NOTIFY_URL``.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from modelyard.catalog import ALERT_EVENTS, model_resource_id
 from modelyard.settings import Settings
 
-ALERT_EVENTS = ("modelyard.drift.detected", "modelyard.performance.degraded",
-                "modelyard.service.degraded", "modelyard.data.invalid")
 NOTIFY_AUTOMATION = "modelyard: notify on every alert"
 NOTIFY_BLOCK = "modelyard-alerts"
 
@@ -25,7 +23,7 @@ def notification_automation(block_document_id):
     return AutomationCore(
         name=NOTIFY_AUTOMATION,
         description="Every monitoring alert, with its numbers, to the configured webhook.",
-        trigger=EventTrigger(match={"prefect.resource.id": "modelyard.model.*"}, expect=set(ALERT_EVENTS),
+        trigger=EventTrigger(match={"prefect.resource.id": model_resource_id("*")}, expect={str(e) for e in ALERT_EVENTS},
                              posture=Posture.Reactive, threshold=1, within=timedelta(0)),
         actions=[SendNotification(
             block_document_id=block_document_id,

@@ -7,6 +7,7 @@ string surgery: the alert → ledger-action mapping is written out below.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 # --- registry aliases ------------------------------------------------------------------------
@@ -98,13 +99,27 @@ def version_resource_id(model: str, version: str) -> str:
     return f"mlflow.model.{model}.version.{version}"
 
 
+def registered_model_resource_id(model: str) -> str:
+    """The MLflow registered model, as registry events name it among their related resources."""
+    return f"mlflow.model.{model}"
+
+
+def parse_version_resource_id(resource_id: str) -> tuple[str, str] | None:
+    """(model, version) of a ``version_resource_id``; None for any other id."""
+    match = re.fullmatch(r"mlflow\.model\.(.+)\.version\.(\d+)", resource_id)
+    return (match[1], match[2]) if match else None
+
+
 # --- Prefect deployments (name/deployment) that code starts or schedules ----------------------
 MONITOR_DEPLOYMENT = "monitor/monitor"
 ROLLBACK_DEPLOYMENT = "rollback/rollback"
 DEPLOY_DEPLOYMENT = "deploy/deploy-on-champion"
 RETRAIN_DEPLOYMENT = "retrain/retrain-on-alert"
+PIPELINE_DEPLOYMENT = "model-pipeline/model-pipeline"
+PIPELINE_GPU_DEPLOYMENT = "model-pipeline/model-pipeline-gpu"  # the same flow on the gpu work pool
 
 # --- MLflow tags on model versions --------------------------------------------------------------
 TAG_ARTIFACT_SHA256 = "modelyard.artifact_sha256"
 TAG_DEPLOY_STATUS = "modelyard.deploy_status"
 TAG_DEPLOY_DETAIL = "modelyard.deploy_detail"
+TAG_SPEC_DIR = "modelyard.spec_dir"  # where a version's spec lived: a retrain resolves its relative paths from it

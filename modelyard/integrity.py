@@ -1,8 +1,5 @@
-"""Content digests of model artifacts: what was registered is what gets served.
-
-The digest is the sha256 of a manifest of every file's relative path and sha256 (the idea
-of OpenSSF model-signing's hash manifest), so it does not depend on how a store lays out
-or timestamps files.
+"""Content digests of model artifacts, so that what was registered is what gets served: the
+sha256 of a manifest of every file's relative path and sha256, whatever the store's layout.
 """
 
 from __future__ import annotations

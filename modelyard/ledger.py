@@ -1,14 +1,6 @@
-"""The audit ledger: an append-only, hash-chained JSON-lines file that an auditor can verify.
-
-Each record is ``{seq, time, actor, action, subject, details, prev_hash, hash}``; ``hash``
-is the sha256 of the record's canonical JSON without ``hash``, and ``prev_hash`` is the
-previous record's hash, so editing, deleting, inserting or reordering a record breaks the
-chain. A head checkpoint beside the ledger (HMAC-signed when a ledger key is set) records
-the last seq and hash, so that cutting records off the end is detected too.
-
-Appends take an exclusive ``flock`` on a lock file, read the current head, write one
-line with a single ``write`` on an ``O_APPEND`` descriptor and ``fsync`` it, so any number
-of threads and processes can append at once.
+"""The audit ledger: an append-only, hash-chained JSON-lines file that an auditor can verify and
+that any number of threads and processes may append to at once. The record format and what the
+chain and its signed head catch: README.md, "The audit ledger".
 """
 
 from __future__ import annotations
@@ -24,7 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelyard.settings import Settings
 
 GENESIS_HASH = "0" * 64
 REDACTED = "***redacted***"
@@ -305,7 +300,7 @@ def _diagnose_break(
     return Problem(line_no, seq, "edited", "the first record does not start from the genesis hash")
 
 
-def ledger_from_settings(settings: Any) -> AuditLedger:
+def ledger_from_settings(settings: Settings) -> AuditLedger:
     """The ledger the stack in ``settings`` writes to."""
     key = settings.ledger_key.get_secret_value() if settings.ledger_key else None
     return AuditLedger(settings.ledger_path, key=key)

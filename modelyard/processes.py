@@ -1,8 +1,5 @@
-"""Start, find and stop the long-running processes of the stack.
-
-Each process runs in its own session (process group) with its output in a log file, and
-is remembered in a pid file that also holds the process's start time, so that a pid
-reused by an unrelated process is never mistaken for ours and never signalled.
+"""Start, find and stop the stack's long-running processes: each in its own session with a log
+file, remembered in a pid file with its start time so that a reused pid is never signalled.
 """
 
 from __future__ import annotations

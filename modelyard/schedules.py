@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-MONITOR_DEPLOYMENT = "monitor/monitor"
+from modelyard.catalog import MONITOR_DEPLOYMENT
 
 
 def schedule_slug(model: str) -> str:

@@ -113,24 +113,36 @@ class Settings(BaseSettings):
         return urlunsplit((driver, parts.netloc, f"/{base_db}_{component}", "", ""))
 
     @cached_property
+    def prefect_sqlite_path(self) -> Path:
+        return self.state_dir / "prefect" / "prefect.db"
+
+    @cached_property
+    def mlflow_sqlite_path(self) -> Path:
+        return self.state_dir / "mlflow" / "mlflow.db"
+
+    @cached_property
     def prefect_database_url(self) -> str:
         if self.database_url is not None:
             return self.postgres_url_for("prefect", "postgresql+asyncpg")
-        return f"sqlite+aiosqlite:///{self.state_dir / 'prefect' / 'prefect.db'}"
+        return f"sqlite+aiosqlite:///{self.prefect_sqlite_path}"
 
     @cached_property
     def mlflow_backend_uri(self) -> str:
         if self.database_url is not None:
             return self.postgres_url_for("mlflow", "postgresql+psycopg2")
-        return f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
+        return f"sqlite:///{self.mlflow_sqlite_path}"
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path:
         return self.state_dir / "mlflow" / "artifacts"
 
     def child_env(self) -> dict[str, str]:
-        """The MODELYARD_* variables that child processes need to see these same settings."""
+        """What every child process needs to see these same settings: the MODELYARD_* variables,
+        and this stack's MLflow as the tracking URI, so that no MLflow call anywhere falls back
+        to MLflow's default store (``./mlflow.db`` in the working directory)."""
         env = {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "MODELYARD_PROJECT_DIR": str(self.project_dir),
             "MODELYARD_STATE_DIR": str(self.state_dir),
             "MODELYARD_HOST": self.host,
@@ -156,8 +168,6 @@ class Settings(BaseSettings):
             "PREFECT_HOME": str(self.state_dir / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": str(self.worker_query_seconds),
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from modelyard.catalog import WEBHOOK_EVENTS, WEBHOOK_NAME, WEBHOOK_PATH
 from modelyard.settings import Settings
-
-WEBHOOK_NAME = "modelyard-registry-bridge"
 
 
 def _kept_secret(path, make) -> str:
@@ -39,18 +38,14 @@ def mlflow_secret_encryption_key(settings: Settings) -> str:
 
 
 def bridge_url(settings: Settings) -> str:
-    from deployments.bridge import WEBHOOK_PATH
-
     return f"http://{settings.host}:{settings.bridge_port}{WEBHOOK_PATH}"
 
 
 def ensure_registry_webhook(settings: Settings) -> str:
     """Create (or point back at the bridge) the MLflow webhook for registry events; its id."""
-    from mlflow import MlflowClient
+    from modelyard.resources import get_resources
 
-    from deployments.bridge import WEBHOOK_EVENTS
-
-    client = MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
+    client = get_resources(settings).registry
     secret = webhook_secret(settings)
     for webhook in client.list_webhooks():
         if webhook.name == WEBHOOK_NAME:

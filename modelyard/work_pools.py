@@ -1,13 +1,6 @@
-"""Prefect work pools: where flow runs execute, declared as base job templates in
-``infra/work-pools/`` and kept in step with the Prefect server.
-
-- ``local`` (type ``process``, named by ``settings.work_pool``): the embedded default.
-- ``docker`` (type ``docker``): flow runs in containers on host networking (loopback servers).
-- ``gpu`` (type ``kubernetes``): flow runs as Jobs asking for ``nvidia.com/gpu`` on GPU nodes.
-
-The templates start from each worker's own default (``get_default_base_job_template``); the
-tests compare them with those defaults so a Prefect upgrade that changes them is noticed.
-"""
+"""Prefect work pools: where flow runs execute (``local`` process, ``docker``, ``gpu`` on
+Kubernetes), declared as base job templates in ``infra/work-pools/`` and kept in step with the
+Prefect server. Why each pool exists: docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -16,7 +9,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelyard.settings import PROJECT_DIR, Settings, get_settings
+from modelyard.catalog import PIPELINE_DEPLOYMENT, PIPELINE_GPU_DEPLOYMENT
+from modelyard.settings import PROJECT_DIR, Settings
 from modelyard.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -111,17 +105,16 @@ def ensure_work_pools(client: SyncPrefectClient, settings: Settings,
     return outcome
 
 
-def work_pool_for(spec: ModelSpec, settings: Settings | None = None) -> str:
+def work_pool_for(spec: ModelSpec, settings: Settings) -> str:
     """The pool a model's flow runs belong in: GPU models on ``gpu`` (a Kubernetes Job on a GPU
     node), everything else on the local process pool. Where a model *serves* (docker, local)
     does not move its training: the ``docker`` pool is for running flows themselves in
     containers, chosen per deployment."""
     if spec.serving.gpu:
         return GPU_POOL
-    return (settings or get_settings()).work_pool
+    return settings.work_pool
 
 
-def pipeline_deployment_for(spec: ModelSpec, settings: Settings | None = None) -> str:
+def pipeline_deployment_for(spec: ModelSpec, settings: Settings) -> str:
     """The Prefect deployment that runs ``spec``'s pipeline on its pool (see prefect.yaml)."""
-    pool = work_pool_for(spec, settings)
-    return "model-pipeline/model-pipeline-gpu" if pool == GPU_POOL else "model-pipeline/model-pipeline"
+    return PIPELINE_GPU_DEPLOYMENT if work_pool_for(spec, settings) == GPU_POOL else PIPELINE_DEPLOYMENT

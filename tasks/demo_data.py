@@ -1,22 +1,6 @@
-"""Synthetic card transactions with fraud labels, and named drift scenarios.
-
-Why this exists: the demo and the monitoring tests need a data set that behaves like the
-real thing without shipping or downloading one. Fraud must be rare, learnable from the
-features (a gradient-boosted model reaches a ROC AUC around 0.9, not 1.0), and every run
-with the same seed must give the same rows, so a test can name a number. The drift
-scenarios change the data in ways a monitoring stage has to notice: a shifted amount
-distribution, a category never seen in training, a channel mix that moves, and a new fraud
-pattern that a model trained before it scores badly.
-
-How labels are made: each row gets a risk score from a logistic model over its features
-(night hours, a foreign country, online/web, a high amount against the customer's 30-day
-average, a young account, many transactions in 24 hours, risky merchant categories) plus
-noise; the intercept is then calibrated so the expected fraud rate is ``fraud_rate``, and
-labels are drawn from those probabilities. Scenarios that change features re-draw the
-labels of the changed rows through the same model (a coupling that keeps a label where
-the risk did not move), so labels stay consistent with features.
-
-Everything here is plain numpy and pandas; nothing reaches the network.
+"""Synthetic card transactions with fraud labels, and named drift scenarios: a data set for the
+demo and the tests that behaves like the real thing (rare, learnable fraud; the same rows for the
+same seed), without shipping or downloading one. docs/monitoring-design.md says how labels are made.
 """
 
 from __future__ import annotations
@@ -71,38 +55,18 @@ ID_COLUMN: Final[str] = "transaction_id"
 
 SPAN_DAYS: Final[int] = 30
 
-# category: (share of transactions, median amount, log-normal sigma)
-_CATEGORY_PROFILE: Final[dict[str, tuple[float, float, float]]] = {
-    "grocery": (0.24, 45.0, 0.60),
-    "restaurants": (0.18, 30.0, 0.55),
-    "fuel": (0.12, 50.0, 0.35),
-    "travel": (0.05, 350.0, 0.80),
-    "electronics": (0.06, 180.0, 0.90),
-    "online_retail": (0.17, 55.0, 0.80),
-    "entertainment": (0.10, 25.0, 0.70),
-    "health": (0.08, 40.0, 0.70),
-}
-# category: probabilities of (pos, online, contactless)
-_CHANNEL_MIX: Final[dict[str, tuple[float, float, float]]] = {
-    "grocery": (0.45, 0.05, 0.50),
-    "restaurants": (0.40, 0.05, 0.55),
-    "fuel": (0.60, 0.00, 0.40),
-    "travel": (0.20, 0.70, 0.10),
-    "electronics": (0.40, 0.45, 0.15),
-    "online_retail": (0.00, 1.00, 0.00),
-    "entertainment": (0.30, 0.40, 0.30),
-    "health": (0.55, 0.10, 0.35),
-}
-# chance a transaction is abroad, by category (travel and cross-border shopping go abroad)
-_FOREIGN_PROB: Final[dict[str, float]] = {
-    "grocery": 0.02,
-    "restaurants": 0.04,
-    "fuel": 0.03,
-    "travel": 0.30,
-    "electronics": 0.06,
-    "online_retail": 0.08,
-    "entertainment": 0.04,
-    "health": 0.01,
+# category: share of transactions, median amount, log-normal sigma of the amount, chance the
+# transaction is abroad (travel and cross-border shopping go abroad), probabilities of the
+# channels (pos, online, contactless)
+_CATEGORY_PROFILE: Final[dict[str, tuple[float, float, float, float, tuple[float, float, float]]]] = {
+    "grocery": (0.24, 45.0, 0.60, 0.02, (0.45, 0.05, 0.50)),
+    "restaurants": (0.18, 30.0, 0.55, 0.04, (0.40, 0.05, 0.55)),
+    "fuel": (0.12, 50.0, 0.35, 0.03, (0.60, 0.00, 0.40)),
+    "travel": (0.05, 350.0, 0.80, 0.30, (0.20, 0.70, 0.10)),
+    "electronics": (0.06, 180.0, 0.90, 0.06, (0.40, 0.45, 0.15)),
+    "online_retail": (0.17, 55.0, 0.80, 0.08, (0.00, 1.00, 0.00)),
+    "entertainment": (0.10, 25.0, 0.70, 0.04, (0.30, 0.40, 0.30)),
+    "health": (0.08, 40.0, 0.70, 0.01, (0.55, 0.10, 0.35)),
 }
 _HOME_COUNTRY_WEIGHTS: Final[tuple[float, ...]] = (0.35, 0.15, 0.12, 0.10, 0.08, 0.07, 0.05, 0.08)
 # relative volume of transactions by hour of day: quiet nights, lunch and evening peaks
@@ -224,7 +188,7 @@ def _devices_for(rng: np.random.Generator, channel: np.ndarray) -> np.ndarray:
 
 def _typical_amount() -> float:
     """The mean amount of an average customer, used to scale 30-day averages."""
-    return float(sum(w * med * np.exp(s * s / 2.0) for w, med, s in _CATEGORY_PROFILE.values()))
+    return float(sum(w * med * np.exp(s * s / 2.0) for w, med, s, _, _ in _CATEGORY_PROFILE.values()))
 
 
 def generate_transactions(
@@ -283,10 +247,10 @@ def generate_transactions(
     median = pd.Series({c: p[1] for c, p in _CATEGORY_PROFILE.items()})[category].to_numpy()
     sigma = pd.Series({c: p[2] for c, p in _CATEGORY_PROFILE.items()})[category].to_numpy()
     amount = np.maximum(np.round(median * np.exp(sigma * rng.standard_normal(n)) * spend[cust], 2), 0.5)
-    channel = _per_category_choice(rng, category, _CHANNEL_MIX, CHANNELS)
+    channel = _per_category_choice(rng, category, {c: p[4] for c, p in _CATEGORY_PROFILE.items()}, CHANNELS)
     device = _devices_for(rng, channel)
 
-    foreign_p = pd.Series(_FOREIGN_PROB)[category].to_numpy()
+    foreign_p = pd.Series({c: p[3] for c, p in _CATEGORY_PROFILE.items()})[category].to_numpy()
     is_foreign = (rng.random(n) < foreign_p).astype(np.int64)
     home_row = home[cust]
     # a foreign country: one of the seven others, uniformly
@@ -528,14 +492,3 @@ def apply_scenario(df: pd.DataFrame, name: str, strength: float = 1.0, seed: int
     if name != "new_fraud_pattern":  # the only scenario that re-orders rows (by time)
         out.index = df.index
     return out[list(COLUMNS)].astype(COLUMNS)
-
-
-def split_labels(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(features without ``is_fraud``, labels with ``transaction_id`` and ``is_fraud``).
-
-    For delayed labels: score the features now, join the labels on ``transaction_id`` later.
-    """
-    missing = [c for c in (ID_COLUMN, LABEL_COLUMN) if c not in df.columns]
-    if missing:
-        raise ValueError(f"cannot split labels: missing columns {missing}")
-    return df.drop(columns=[LABEL_COLUMN]).copy(), df[[ID_COLUMN, LABEL_COLUMN]].copy()

@@ -1,50 +1,8 @@
 """Data and prediction drift of a live window against the reference, with Evidently 0.7.
 
-Plain, typed functions with no Prefect in them: the monitor flow wraps them in a task, a test
-or a notebook calls them directly. :func:`analyse_drift` returns a :class:`DriftResult` (the
-numbers that decide alerts, JSON-safe through :meth:`DriftResult.as_dict` for Prefect events
-and MLflow) and Evidently's own snapshot, which :func:`drift_report_files` writes as the HTML
-and JSON a person opens from MLflow.
-
-What Evidently 0.7 actually does (read from its source, ``evidently/legacy/calculations``):
-
-* The test per column is picked from the *reference* size, not the window's: with more than
-  1,000 reference rows a numerical column gets the Wasserstein distance normed by the
-  reference's standard deviation (drift when >= 0.1), or Jensen-Shannon distance when the
-  column has at most 5 distinct values; a categorical column gets Jensen-Shannon distance over
-  category shares (drift when >= 0.1, natural log, so 0 <= JS <= 0.83). With 1,000 reference rows or
-  fewer it uses p-values: K-S for numerical columns, chi-square (or a two-proportion Z test
-  for two values) for categorical ones, drift when p < 0.05 (K-S: p <= 0.05).
-* Missing and infinite values are dropped per column before the test, so a change in the
-  share of missing values is not drift here (data validation covers it); a column with no
-  value left is an error.
-* Categories unseen in the reference count as categories with reference share 0.
-* The dataset is drifted when the share of drifted columns is >= ``drift_share``.
-
-Large windows. A naive Evidently run on a 1,000,000 x 30 window takes ~100 s of CPU and 2 GB
-here (docs/benchmarks/monitoring.md): ``DataDriftPreset`` computes every column's test three times (per-column metrics, the
-dataset-level count, and again to render its table) and draws plotly figures from the whole
-window. The verdict itself is cheap: one sort per numerical column, one value count per
-categorical one. So, above ``max_rows`` rows:
-
-* the **verdict** is computed on *every* row of the window with Evidently's own test
-  functions, selected exactly as a full run would select them, so it is the full run's
-  verdict, not an estimate of it (a sample could not reproduce a p-value test at all: its
-  p-value depends on the number of rows);
-* the **Evidently report** (HTML/JSON) is run on a seeded uniform sample of ``max_rows``
-  rows, with the per-column tests pinned to the ones the verdict used. Its pictures and scores
-  carry the stated sampling error (:attr:`DriftResult.error_bound`); its scores are also kept
-  beside the exact ones (:attr:`FeatureDrift.sample_score`).
-
-On that window this takes ~10 s and 0.9 GB peak (0.35 GB of it the data itself), ~3.5 s for the
-verdict alone (``with_report=False``), with the full run's verdict and per-column scores.
-
-Evidently is imported inside the functions that run it: ``import evidently`` loads its UI
-server, SDK and LLM tooling (about 9 s of CPU here), and flows, the CLI and alert code import
-this module for :class:`DriftResult` alone.
-
-The reference is read whole on each call (50,000 rows is typical and costs little next to the
-window); past ``max_rows`` rows only its copy in the report is sampled, like the window.
+The verdict runs Evidently's own tests on every row; only the HTML/JSON report a person opens
+may see a seeded sample of a large window. docs/monitoring-design.md says which tests Evidently
+picks, why large windows are split so, and what the sampling bound means.
 """
 
 from __future__ import annotations
@@ -60,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from modelyard.json_safe import json_safe
 
 if TYPE_CHECKING:  # ``import evidently`` costs ~9 s of CPU (it loads its UI server and LLM tooling)
     from evidently.core.report import Snapshot
@@ -137,21 +97,7 @@ class DriftResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe dict (plain floats, no NaN/inf) for Prefect event payloads and MLflow."""
-        return _json_safe(asdict(self))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+        return json_safe(asdict(self))
 
 
 # --- input checks ------------------------------------------------------------------------
@@ -400,7 +346,7 @@ def analyse_drift(
     own and does not count towards the dataset-level share.
 
     Windows longer than ``max_rows`` rows are judged on every row; only the Evidently report is
-    built from a seeded sample (see the module docstring and ``DriftResult.error_bound``).
+    built from a seeded sample (see docs/monitoring-design.md and ``DriftResult.error_bound``).
     ``with_report=False`` skips the report (the verdict only) and returns ``None`` for it.
 
     Raises ``ValueError`` for an empty window, columns missing from either frame, or a column
@@ -472,21 +418,3 @@ def drift_report_files(snapshot: Snapshot, directory: str | Path, name: str = "d
         raise RuntimeError(f"Evidently did not write its report to {directory}")
     return html_path, json_path
 
-
-def drift_markdown(result: DriftResult, n: int = 10) -> str:
-    """A markdown summary (verdict and the ``n`` most drifted features) for a Prefect artifact."""
-    lines = [
-        f"**Dataset drift: {'yes' if result.dataset_drift else 'no'}** — "
-        f"{result.drifted_columns} of {result.n_columns} features drifted "
-        f"(share {result.drift_share:.2f}, threshold {result.drift_share_threshold:.2f}); "
-        f"{result.rows_current:,} rows against {result.rows_reference:,} reference rows.",
-    ]
-    if result.prediction is not None:
-        p = result.prediction
-        lines.append(f"**Prediction drift: {'yes' if p.drifted else 'no'}** ({p.method} {p.score:.4g}, "
-                     f"threshold {p.threshold:.4g}).")
-    lines += ["", f"_{result.error_bound}_", "", "| feature | kind | method | score | threshold | drifted |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {f.column} | {f.kind} | {f.method} | {f.score:.4g} | {f.threshold:.4g} | "
-              f"{'**yes**' if f.drifted else 'no'} |" for f in result.top(n)]
-    return "\n".join(lines)

@@ -158,16 +158,3 @@ def decide(
             ok = p95_ms <= policy.max_p95_latency_ms
             checks.append(Check("latency:p95", ok, f"p95 single-row latency {p95_ms:.2f} ms, limit {policy.max_p95_latency_ms} ms"))
     return Decision(all(c.passed for c in checks), checks, champion_version)
-
-
-def decision_markdown(model: str, version: str, decision: Decision, challenger: dict, champion: dict | None) -> str:
-    verdict = "PASSED — challenger alias set" if decision.passed else "REJECTED — registry aliases unchanged"
-    lines = [f"# Evaluation of {model} v{version}: {verdict}", "",
-             f"Champion: {'v' + decision.champion_version if decision.champion_version else 'none (absolute thresholds only)'}", "",
-             "| check | result | detail |", "|---|---|---|"]
-    lines += [f"| {c.name} | {'pass' if c.passed else '**FAIL**'} | {c.detail} |" for c in decision.checks]
-    lines += ["", "| metric | challenger | champion |", "|---|---|---|"]
-    for metric, value in sorted(challenger.items()):
-        old = champion.get(metric) if champion else None
-        lines.append(f"| {metric} | {value:.4f} | {'' if old is None else f'{old:.4f}'} |")
-    return "\n".join(lines) + "\n"

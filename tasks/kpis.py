@@ -1,41 +1,59 @@
-"""Delivery KPIs from the audit ledger: what an auditor and a platform team both ask.
-
-Everything is computed from ledger records, so the numbers are as verifiable as the ledger:
-deployment frequency and success rate, rollbacks, and — for versions that a monitoring alert
-caused — MTTD (first request of the drifted window → alert) and MTTR (alert → the new
-version serving all traffic).
-"""
+"""Delivery KPIs from the audit ledger: deployments, their success rate and frequency, rollbacks
+(automatic and manual), and the detection and recovery times of the loops an alert closed.
+Every number comes from ledger records, so it is as verifiable as the ledger."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-ALERT_ACTIONS = {"monitor.drift.detected", "monitor.performance.degraded"}
+from modelyard.catalog import AUTOMATIC_ROLLBACK_ACTIONS, RETRAIN_ALERT_ACTIONS, ROLLBACK_ACTIONS, Action
+
+MTTD_MEANING = "start of the drifted window → alert"
+MTTR_MEANING = "alert → switch to the new version completed"
 
 
-def _at(record: dict) -> float:
+def record_time(record: dict[str, Any]) -> float:
+    """When a ledger record was written (epoch seconds)."""
     return datetime.fromisoformat(record["time"]).timestamp()
 
 
+def detection_s(alert: dict[str, Any]) -> float | None:
+    """MTTD of one loop: the time the alert was recorded in the ledger minus the start of the
+    monitoring window that raised it (None when the alert names no window)."""
+    window_start = alert["details"].get("window_start")
+    return record_time(alert) - datetime.fromisoformat(window_start).timestamp() if window_start else None
+
+
+def recovery_s(alert: dict[str, Any], switched_at: float) -> float:
+    """MTTR of one loop: the moment the switch to the recovered version completed (proven by the
+    stable endpoint answering with that version) minus the time the alert was recorded in the ledger."""
+    return switched_at - record_time(alert)
+
+
+def switched_at(timeline: list[dict[str, Any]]) -> float | None:
+    """When a rollout's switch completed (epoch seconds): the wall-clock ``at`` of its ``switched``
+    step; None for a rollout that switched nothing."""
+    return next((step.get("at") for step in timeline if step["step"] == "switched"), None)
+
+
 def recovery_for(records: list[dict[str, Any]], model: str, version: str, serving_at: float) -> dict[str, Any] | None:
-    """If ``model`` v``version`` came from a retrain an alert started, the times of that loop."""
-    finished = [r for r in records if r["action"] == "retrain.finished" and r["subject"] == f"{model}/{version}"]
+    """If ``model`` v``version`` came from a retrain an alert started, the times of that loop
+    (``serving_at``: when the switch to the version completed)."""
+    finished = [r for r in records if r["action"] == Action.RETRAIN_FINISHED and r["subject"] == f"{model}/{version}"]
     if not finished:
         return None
-    started = [r for r in records if r["action"] == "retrain.started" and r["subject"] == model
-               and _at(r) <= _at(finished[-1])]
+    started = [r for r in records if r["action"] == Action.RETRAIN_STARTED and r["subject"] == model
+               and record_time(r) <= record_time(finished[-1])]
     if not started:
         return None
-    alerts = [r for r in records if r["action"] in ALERT_ACTIONS and r["subject"].startswith(f"{model}/")
-              and _at(r) <= _at(started[-1])]
+    alerts = [r for r in records if r["action"] in RETRAIN_ALERT_ACTIONS and r["subject"].startswith(f"{model}/")
+              and record_time(r) <= record_time(started[-1])]
     if not alerts:
         return None
     alert = alerts[-1]
-    window_start = alert["details"].get("window_start")
-    mttd = _at(alert) - datetime.fromisoformat(window_start).timestamp() if window_start else None
-    return {"alert": alert["action"], "alert_at": alert["time"], "mttd_s": mttd,
-            "mttr_s": serving_at - _at(alert), "retrain_s": _at(finished[-1]) - _at(started[-1])}
+    return {"alert": alert["action"], "alert_at": alert["time"], "mttd_s": detection_s(alert),
+            "mttr_s": recovery_s(alert, serving_at), "retrain_s": record_time(finished[-1]) - record_time(started[-1])}
 
 
 def concerns(record: dict[str, Any], model: str | None) -> bool:
@@ -48,27 +66,30 @@ def is_redeploy(record: dict[str, Any]) -> bool:
     return any(s.get("step") == "already serving" for s in record["details"].get("timeline", []))
 
 
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def delivery_kpis(records: list[dict[str, Any]], model: str | None = None) -> dict[str, Any]:
-    """Deployments, their success rate and frequency, rollbacks, and mean MTTD/MTTR."""
+    """Deployments, their success rate and frequency, rollbacks (automatic and manual), and mean MTTD/MTTR."""
     records = [r for r in records if concerns(r, model)]
-    started = [r for r in records if r["action"] == "deploy.started"]
-    succeeded = [r for r in records if r["action"] == "deploy.succeeded" and not is_redeploy(r)]
-    rolled_back = [r for r in records if r["action"] in ("deploy.rolled_back", "deploy.manual_rollback")]
-    recoveries = [r["details"] for r in records if r["action"] == "kpi.recovered"]
-    span_days = ((_at(records[-1]) - _at(records[0])) / 86400) if len(records) > 1 else 0.0
-    attempts = len(succeeded) + len([r for r in rolled_back if r["action"] == "deploy.rolled_back"])
-
-    def mean(values: list[float]) -> float | None:
-        values = [v for v in values if v is not None]
-        return sum(values) / len(values) if values else None
-
+    started = [r for r in records if r["action"] == Action.DEPLOY_STARTED]
+    succeeded = [r for r in records if r["action"] == Action.DEPLOY_SUCCEEDED and not is_redeploy(r)]
+    rollbacks = [r for r in records if r["action"] in ROLLBACK_ACTIONS]
+    automatic = [r for r in rollbacks if r["action"] in AUTOMATIC_ROLLBACK_ACTIONS]
+    refused = [r for r in rollbacks if r["action"] == Action.DEPLOY_ROLLED_BACK]  # a failed deployment attempt
+    recovered = [r["details"] for r in records if r["action"] == Action.KPI_RECOVERED]
+    span_days = ((record_time(records[-1]) - record_time(records[0])) / 86400) if len(records) > 1 else 0.0
+    attempts = len(succeeded) + len(refused)
     return {
         "deployments": len(succeeded), "deploy_attempts": attempts, "deploys_started": len(started),
         "success_rate": len(succeeded) / attempts if attempts else None,
         "deployments_per_day": len(succeeded) / span_days if span_days > 0 else None,
-        "rollbacks": len(rolled_back),
-        "automatic_rollbacks": len([r for r in rolled_back if r["action"] == "deploy.rolled_back"]),
-        "recoveries": len(recoveries),
-        "mttd_s": mean([r.get("mttd_s") for r in recoveries]),
-        "mttr_s": mean([r.get("mttr_s") for r in recoveries]),
+        "rollbacks": len(rollbacks),
+        "automatic_rollbacks": len(automatic),
+        "manual_rollbacks": len(rollbacks) - len(automatic),
+        "recoveries": len(recovered),
+        "mttd_s": _mean([r.get("mttd_s") for r in recovered]),
+        "mttr_s": _mean([r.get("mttr_s") for r in recovered]),
     }

@@ -1,9 +1,7 @@
 """The stage logic of the model pipeline — prepare, validate, build, evaluate, promote — as
 plain functions over the spec, with thin Prefect task wrappers for retries and the UI.
-
 Validation and policy failures are verdicts, never retried; only transient infrastructure
-errors (MLflow unreachable) are.
-"""
+errors (MLflow unreachable) are."""
 
 from __future__ import annotations
 
@@ -13,49 +11,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
-import numpy as np
 import pandas as pd
-import requests
 from mlflow import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from modelyard.settings import get_settings
+from modelyard.audit import append_audit_record
+from modelyard.catalog import CHALLENGER, CHAMPION, TAG_SPEC_DIR, Action
+from modelyard.json_safe import json_safe
+from modelyard.resources import get_resources
+from modelyard.resources.registry import INFRA_RETRIES, SPEC_ARTIFACT, alias_version, set_alias
 from modelyard.spec import ExpectationSpec, ModelSpec, load_spec
 from tasks import data as data_ops
 from tasks.evaluation import Decision, decide, model_metrics, p95_latency_ms, slice_metrics
 from tasks.lineage import git_commit, lock_hash, package_versions
 from tasks.model_card import model_card_markdown
 from tasks.onnx_export import export_with_parity, onnx_feed
-from tasks.registry import (
-    SPEC_ARTIFACT,
-    CHAMPION, RegisteredVersion, alias_version, load_version, log_and_register, tracking_client,
-)
+from tasks.registry import RegisteredVersion, load_version, log_and_register, log_decision
 from tasks.training import FeatureSet, model_inputs, train_model
 from tasks.validation import ValidationReport, build_suite, suite_for_model, validate_frame
 
 EXPECTATIONS_ARTIFACT = "validation/expectations.json"
-
-
-def is_transient(task, task_run, state) -> bool:
-    """Retry only when the failure is the infrastructure's (connection refused, timeouts, 5xx)."""
-    try:
-        state.result()
-    except (requests.ConnectionError, requests.Timeout, httpx.TransportError, ConnectionError, TimeoutError):
-        return True
-    except mlflow.exceptions.MlflowException as error:
-        text = str(error)
-        return any(word in text for word in ("Connection", "Max retries", "503", "502", "504", "timed out"))
-    except Exception:
-        return False
-    return False
-
-
-# Inputs are frames and fitted models: never hashed for caching.
-INFRA_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 10], "retry_condition_fn": is_transient,
-                 "cache_policy": NO_CACHE}
 
 
 @dataclass
@@ -108,6 +85,14 @@ def validate_prepared(prepared: PreparedData, expectations: list[ExpectationSpec
     return validate_frame(prepared.data, suite)
 
 
+def validation_summary(prepared: PreparedData, report: ValidationReport, run_id: str, source: str) -> dict[str, Any]:
+    """What the ledger records of a validation, and what the build checks its data against."""
+    return {"model": prepared.spec.name, "success": report.success, "fingerprint": prepared.fingerprint,
+            "evaluated": report.evaluated,
+            "failed": [f.expectation + (f":{f.column}" if f.column else "") for f in report.failed],
+            "mlflow_run_id": run_id, "suite": source}
+
+
 def log_validation_run(client: MlflowClient, prepared: PreparedData, report: ValidationReport, source: str) -> str:
     """GX's result as an MLflow run of the model's experiment, pass or fail."""
     mlflow.set_experiment(prepared.spec.name)
@@ -120,6 +105,19 @@ def log_validation_run(client: MlflowClient, prepared: PreparedData, report: Val
 
 
 # -- build -----------------------------------------------------------------------------------
+
+
+class DataChanged(RuntimeError):
+    """The data differs from the data that was validated; building on it is refused."""
+
+
+def check_unchanged(prepared: PreparedData, validation: dict[str, Any]) -> None:
+    """Raise DataChanged unless ``prepared`` is the very data ``validation`` judged."""
+    if prepared.fingerprint != validation["fingerprint"]:
+        raise DataChanged(
+            f"data fingerprint {prepared.fingerprint[:12]} is not the validated {validation['fingerprint'][:12]}: "
+            "the source changed after validation"
+        )
 
 
 @dataclass
@@ -142,28 +140,27 @@ def build_model(prepared: PreparedData) -> BuiltModel:
     return BuiltModel(pipeline, metrics, slices, onnx)
 
 
-def lineage_tags(prepared: PreparedData, validation: dict[str, Any]) -> dict[str, str]:
+def lineage_tags(prepared: PreparedData, validation: dict[str, Any], project_dir: Path) -> dict[str, str]:
     """Tags that tie a version to its data, code, packages and validation run."""
-    settings = get_settings()
     return {
         "modelyard.data_fingerprint": prepared.fingerprint,
-        "modelyard.git_commit": git_commit(settings.project_dir),
-        "modelyard.lock_sha256": lock_hash(settings.project_dir),
+        "modelyard.git_commit": git_commit(project_dir),
+        "modelyard.lock_sha256": lock_hash(project_dir),
         "modelyard.validation": f"{'passed' if validation['success'] else 'failed'}: "
                                 f"{validation['evaluated'] - len(validation['failed'])}/{validation['evaluated']} "
                                 f"expectations (run {validation['mlflow_run_id']})",
         "modelyard.packages": json.dumps(package_versions(), sort_keys=True),
         "modelyard.data_source": prepared.spec.data.source,
         # Where relative paths of the spec (data, labels) start: a retrain reads them again.
-        "modelyard.spec_dir": str(prepared.spec.base_dir.resolve()),
+        TAG_SPEC_DIR: str(prepared.spec.base_dir.resolve()),
     }
 
 
 def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[str, Any],
-                   client: MlflowClient) -> tuple[RegisteredVersion, str]:
+                   client: MlflowClient, project_dir: Path) -> tuple[RegisteredVersion, str]:
     """Log and register a version with its evidence; returns it and its model card."""
     spec = prepared.spec
-    lineage = lineage_tags(prepared, validation)
+    lineage = lineage_tags(prepared, validation, project_dir)
     data_facts = {
         "source": spec.data.source, "rows": len(prepared.data), "train rows": len(prepared.train),
         "holdout rows": len(prepared.holdout), "features": len(prepared.features.columns),
@@ -191,6 +188,12 @@ def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[s
     return registered, card
 
 
+def registration_summary(registered: RegisteredVersion, built: BuiltModel, prepared: PreparedData) -> dict[str, Any]:
+    """What the ledger records of a registered version."""
+    return {**registered.as_dict(), "metrics": built.metrics, "onnx": built.onnx.reason,
+            "data_fingerprint": prepared.fingerprint}
+
+
 # -- evaluate --------------------------------------------------------------------------------
 
 
@@ -200,6 +203,11 @@ class Evaluation:
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
     p95_ms: float
+
+    def summary(self, version: str) -> dict[str, Any]:
+        """The decision with the numbers behind it, JSON-safe for the ledger and the flow's result."""
+        return json_safe({**self.decision.as_dict(), "version": version, "p95_ms": self.p95_ms,
+                          "challenger_metrics": self.challenger_metrics, "champion_metrics": self.champion_metrics})
 
 
 def serving_latency_p95(model_name: str, version: str, holdout: pd.DataFrame, features: FeatureSet, pipeline) -> float:
@@ -237,14 +245,14 @@ def evaluate_version(prepared: PreparedData, version: str, client: MlflowClient)
     return Evaluation(decision, challenger_metrics, champion_metrics, p95)
 
 
-def json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def promotion_reason(passed: bool, champion: str | None, promote_if_better: bool) -> str | None:
+    """Why a version that was just evaluated becomes champion, or None when it does not: the
+    first version to pass does, a later one only when asked to promote the better."""
+    if not passed:
+        return None
+    if champion is None:
+        return "first version to pass the policy"
+    return "beat the champion under the policy" if promote_if_better else None
 
 
 # -- Prefect task wrappers -------------------------------------------------------------------
@@ -257,7 +265,7 @@ def prepare_data_task(spec_path: str, data_path: str | None = None) -> PreparedD
 
 @task(name="model-expectations", **INFRA_RETRIES)
 def model_expectations_task(prepared: PreparedData) -> tuple[list[ExpectationSpec], str]:
-    return model_expectations(prepared, tracking_client(get_settings()))
+    return model_expectations(prepared, get_resources().registry)
 
 
 @task(name="validate-data", cache_policy=NO_CACHE)
@@ -267,7 +275,7 @@ def validate_data_task(prepared: PreparedData, expectations: list[ExpectationSpe
 
 @task(name="log-validation", **INFRA_RETRIES)
 def log_validation_task(prepared: PreparedData, report: ValidationReport, source: str) -> str:
-    return log_validation_run(tracking_client(get_settings()), prepared, report, source)
+    return log_validation_run(get_resources().registry, prepared, report, source)
 
 
 @task(name="train-and-export", cache_policy=NO_CACHE)
@@ -278,9 +286,36 @@ def build_model_task(prepared: PreparedData) -> BuiltModel:
 @task(name="register-version", **INFRA_RETRIES)
 def register_model_task(prepared: PreparedData, built: BuiltModel,
                         validation: dict[str, Any]) -> tuple[RegisteredVersion, str]:
-    return register_model(prepared, built, validation, tracking_client(get_settings()))
+    resources = get_resources()
+    return register_model(prepared, built, validation, resources.registry, resources.settings.project_dir)
 
 
 @task(name="evaluate-challenger", **INFRA_RETRIES)
 def evaluate_task(prepared: PreparedData, version: str) -> Evaluation:
-    return evaluate_version(prepared, version, tracking_client(get_settings()))
+    return evaluate_version(prepared, version, get_resources().registry)
+
+
+@task(name="record-decision", **INFRA_RETRIES)
+def record_decision(model: str, version: str, evaluation: Evaluation) -> None:
+    """The decision on the version's MLflow run; the ``challenger`` alias when it passed."""
+    client = get_resources().registry
+    run_id = client.get_model_version(model, version).run_id
+    log_decision(client, run_id, json_safe(evaluation.decision.as_dict()), evaluation.champion_metrics, evaluation.p95_ms)
+    if evaluation.decision.passed:
+        set_alias(client, model, CHALLENGER, version)
+
+
+@task(name="current-champion", **INFRA_RETRIES)
+def current_champion(model: str) -> str | None:
+    return alias_version(get_resources().registry, model, CHAMPION)
+
+
+@task(name="promote-to-champion", **INFRA_RETRIES)
+def promote(model: str, version: str, reason: str) -> str | None:
+    """Point the ``champion`` alias at ``version``; return the version it pointed at before."""
+    client = get_resources().registry
+    previous = alias_version(client, model, CHAMPION)
+    set_alias(client, model, CHAMPION, version)
+    append_audit_record(Action.MODEL_PROMOTED, f"{model}/{version}",
+                        {"alias": CHAMPION, "previous": previous, "reason": reason})
+    return previous

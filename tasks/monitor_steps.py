@@ -4,7 +4,6 @@ Prefect events), each a thin Prefect task."""
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +13,13 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from modelyard.settings import get_settings
+from modelyard.audit import append_audit_record
+from modelyard.catalog import ALERT_ACTIONS, model_resource_id
+from modelyard.resources import get_resources
+from modelyard.resources.registry import INFRA_RETRIES, artifact_url, version_spec
 from modelyard.spec import ModelSpec
 from tasks import monitoring as m
+from tasks.reporting import monitor_artifact, publish
 
 
 @dataclass
@@ -30,49 +33,43 @@ class MonitorPlan:
     previous: dict[str, Any]  # what the last run of this version left: where its window ended, metrics
 
 
-@task(name="monitor-plan", cache_policy=NO_CACHE)
+@task(name="monitor-plan", **INFRA_RETRIES)
 def plan_monitoring(model: str) -> MonitorPlan | None:
     """What serves now, the spec it was built with, and where its server is."""
-    from deployments.strategies import active_version, history
     from deployments.targets.factory import make_target
-    from tasks.registry import tracking_client, version_spec
 
-    settings = get_settings()
-    version = active_version(settings, model)
+    resources = get_resources()
+    version = resources.serving.active_version(model)
     if version is None:
         return None
-    client = tracking_client(settings)
-    spec = version_spec(client, model, version)
+    spec = version_spec(resources.registry, model, version)
     if spec is None:
         return None
-    run_id = client.get_model_version(model, version).run_id
-    endpoint = None
+    run_id = resources.registry.get_model_version(model, version).run_id
     try:
-        endpoint = make_target(settings, spec.serving.target).endpoint(model, version)
+        endpoint = make_target(resources.settings, spec.serving.target).endpoint(model, version)
     except Exception:  # noqa: BLE001 - a target we cannot reach gives no service verdict, not a crash
         endpoint = None
-    since = [h["since"] for h in history(settings, model) if h["version"] == version]
-    state = m.load_monitor_state(settings, model)
+    state = m.load_monitor_state(resources.settings, model)
     previous = state if state.get("version") == version else {}
-    return MonitorPlan(model, version, spec, run_id, endpoint.url if endpoint else None, since[-1] if since else None,
-                       previous)
+    return MonitorPlan(model, version, spec, run_id, endpoint.url if endpoint else None,
+                       resources.serving.served_since(model, version), previous)
 
 
 @task(name="read-window", cache_policy=NO_CACHE)
 def read_window_task(plan: MonitorPlan) -> pd.DataFrame:
-    settings = get_settings()
     since = plan.previous.get("window_end")
     since_dt = datetime.fromisoformat(since) if since else None
     if since_dt is None and plan.deployed_at:
         since_dt = datetime.fromtimestamp(plan.deployed_at, UTC)
-    return m.read_window(settings, plan.model, plan.version, since_dt, plan.spec.monitoring.window_s)
+    return m.read_window(get_resources().settings, plan.model, plan.version, since_dt, plan.spec.monitoring.window_s)
 
 
 @task(name="recent-traffic", cache_policy=NO_CACHE)
 def recent_traffic_task(plan: MonitorPlan) -> pd.DataFrame:
     """Everything the version answered within the window horizon (for late-labelled performance)."""
     since = datetime.fromtimestamp(plan.deployed_at, UTC) if plan.deployed_at else None
-    return m.read_window(get_settings(), plan.model, plan.version, since, plan.spec.monitoring.window_s)
+    return m.read_window(get_resources().settings, plan.model, plan.version, since, plan.spec.monitoring.window_s)
 
 
 @task(name="reference-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -81,10 +78,8 @@ def reference_task(plan: MonitorPlan) -> pd.DataFrame:
     (cached per version): the baseline for input and prediction drift."""
     import mlflow
 
-    from deployments.gates import replay_frame
-    from deployments.strategies import auth_headers
-
-    settings = get_settings()
+    resources = get_resources()
+    settings = resources.settings
     cache = settings.state_dir / "monitor" / f"{plan.model}-v{plan.version}-reference.parquet"
     if cache.exists():
         return pd.read_parquet(cache)
@@ -93,23 +88,22 @@ def reference_task(plan: MonitorPlan) -> pd.DataFrame:
                                                    dst_path=tmp, tracking_uri=settings.mlflow_url)
         reference = pd.read_parquet(path)
     if plan.server_url:
-        reference["prediction"] = replay_frame(reference, plan.server_url, auth_headers(settings))
+        reference["prediction"] = resources.inference.replay(reference, plan.server_url)
     cache.parent.mkdir(parents=True, exist_ok=True)
     reference.to_parquet(cache, index=False)
     return reference
 
 
-@task(name="validate-live-data", cache_policy=NO_CACHE)
+@task(name="validate-live-data", **INFRA_RETRIES)
 def validate_live_task(plan: MonitorPlan, inputs: pd.DataFrame) -> dict[str, Any]:
     """The version's own GX suite (as recorded at registration) on the live inputs."""
     import json
 
     from modelyard.spec import ExpectationSpec
     from tasks.model_pipeline import EXPECTATIONS_ARTIFACT
-    from tasks.registry import tracking_client
     from tasks.validation import build_suite, validate_frame
 
-    client = tracking_client(get_settings())
+    client = get_resources().registry
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(plan.run_id, EXPECTATIONS_ARTIFACT, tmp)
         recorded = [ExpectationSpec.model_validate(item) for item in json.loads(Path(path).read_text())]
@@ -159,42 +153,34 @@ def drift_task(plan: MonitorPlan, reference: pd.DataFrame, window: pd.DataFrame,
     return result.as_dict()
 
 
-@task(name="performance", cache_policy=NO_CACHE)
+@task(name="performance", **INFRA_RETRIES)
 def performance_task(plan: MonitorPlan, window: pd.DataFrame) -> m.PerformanceVerdict:
-    from tasks.registry import tracking_client
-
-    settings = get_settings()
-    labels = m.read_labels(m.labels_location(settings, plan.spec), plan.spec.data.target)
-    run = tracking_client(settings).get_run(plan.run_id)
+    resources = get_resources()
+    labels = m.read_labels(m.labels_location(resources.settings, plan.spec), plan.spec.data.target)
+    run = resources.registry.get_run(plan.run_id)
     baseline = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
     return m.performance_verdict(window, labels, plan.spec, baseline)
 
 
 @task(name="service-health", cache_policy=NO_CACHE)
 def service_task(plan: MonitorPlan) -> tuple[m.ServiceVerdict | None, dict | None]:
-    from deployments.gates import scrape
-    from deployments.strategies import auth_headers
-
     if not plan.server_url:
         return None, None
-    settings = get_settings()
-    now = m.snapshot_dict(scrape(plan.server_url, auth_headers(settings)))
+    now = m.snapshot_dict(get_resources().inference.scrape(plan.server_url))
     return m.service_verdict(plan.previous.get("metrics"), now, plan.spec), now
 
 
 @task(name="save-monitor-state", cache_policy=NO_CACHE)
 def save_state_task(plan: MonitorPlan, verdict: m.WindowVerdict, metrics_now: dict | None) -> None:
-    m.save_monitor_state(get_settings(), plan.model, m.next_monitor_state(plan.previous, verdict, metrics_now))
+    m.save_monitor_state(get_resources().settings, plan.model, m.next_monitor_state(plan.previous, verdict, metrics_now))
 
 
-@task(name="log-monitoring", cache_policy=NO_CACHE)
+@task(name="log-monitoring", **INFRA_RETRIES)
 def log_monitoring_task(plan: MonitorPlan, verdict: m.WindowVerdict, report_dir: str) -> str | None:
     """An MLflow run in ``<model>-monitoring`` with the numbers and Evidently's HTML and JSON;
     returns the URL of the HTML report."""
-    from mlflow import MlflowClient
-
-    settings = get_settings()
-    client = MlflowClient(settings.mlflow_url)
+    resources = get_resources()
+    client = resources.registry
     name = f"{plan.model}-monitoring"
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
@@ -217,9 +203,15 @@ def log_monitoring_task(plan: MonitorPlan, verdict: m.WindowVerdict, report_dir:
     for path in sorted(Path(report_dir).glob("*")):
         client.log_artifact(run.info.run_id, str(path), "evidently")
         if path.suffix == ".html":
-            html = f"{settings.mlflow_url}/get-artifact?path=evidently/{path.name}&run_uuid={run.info.run_id}"
+            html = artifact_url(resources.settings.mlflow_url, run.info.run_id, f"evidently/{path.name}")
     client.set_terminated(run.info.run_id)
     return html
+
+
+@task(name="publish-verdict", cache_policy=NO_CACHE)
+def publish_verdict_task(verdict: m.WindowVerdict, report_url: str | None) -> None:
+    """The verdict as the model's ``monitor`` artifact, linking Evidently's report."""
+    publish(monitor_artifact(verdict, report_url))
 
 
 @task(name="raise-alerts", cache_policy=NO_CACHE)
@@ -227,25 +219,15 @@ def raise_alerts_task(plan: MonitorPlan, alerts: list[m.Alert]) -> list[str]:
     """One Prefect event per alert, with the numbers; the same in the audit ledger."""
     from prefect.events import emit_event
 
-    from tasks.audit import record_audit_event
-
     emitted = []
     for alert in alerts:
-        emit_event(event=alert.event,
-                   resource={"prefect.resource.id": f"modelyard.model.{plan.model}",
+        emit_event(event=str(alert.event),
+                   resource={"prefect.resource.id": model_resource_id(plan.model),
                              "prefect.resource.name": plan.model, "modelyard.model": plan.model,
                              "modelyard.version": plan.version,
                              "modelyard.fresh": str(bool(alert.numbers.get("fresh_version"))).lower()},
                    payload={"reason": alert.reason, **alert.numbers})
-        record_audit_event(f"monitor.{alert.event.removeprefix('modelyard.')}", f"{plan.model}/{plan.version}",
-                           {"reason": alert.reason, **alert.numbers})
+        append_audit_record(ALERT_ACTIONS[alert.event], f"{plan.model}/{plan.version}",
+                            {"reason": alert.reason, **alert.numbers})
         emitted.append(alert.event)
     return emitted
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -1,23 +1,11 @@
-"""Monitoring stage logic: judge one window of a deployed model's traffic.
-
-A window is what the prediction log holds for the serving version since the last judged
-window (at most ``monitoring.window_s`` back). It is judged four ways, each a plain function:
-
-- **data validity** — the model's own GX suite (#3) on the live inputs; invalid data raises
-  ``modelyard.data.invalid`` and nothing else: drift measured on broken data would start a
-  retrain on broken data;
-- **drift** — Evidently, inputs and predictions against the reference the version was
-  trained on (see tasks/drift.py);
-- **performance** — once delayed labels arrive (joined by request id), the primary metric
-  against the version's evaluation baseline;
-- **service health** — error rate and p99 from the server's own metrics over the interval.
-
-The verdict lists the alerts to raise as Prefect events, each carrying its numbers.
-"""
+"""Monitoring stage logic: judge one window of a deployed model's traffic four ways — data
+validity, drift, performance on delayed labels, service health — each a plain function, and
+decide which alerts the window raises (docs/monitoring-design.md says why in this order)."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,20 +14,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from deployments.gates import service_window
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
+from modelyard.catalog import Event
+from modelyard.json_safe import json_safe
+from modelyard.resources.inference import MetricsSnapshot
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
 
-DRIFT = "modelyard.drift.detected"
-PERFORMANCE = "modelyard.performance.degraded"
-SERVICE = "modelyard.service.degraded"
-INVALID = "modelyard.data.invalid"
-ALERT_EVENTS = (DRIFT, PERFORMANCE, SERVICE, INVALID)
+INSUFFICIENT_DATA = "insufficient data"
 
 
 @dataclass
 class Alert:
-    event: str
+    event: Event
     reason: str
     numbers: dict[str, Any]
 
@@ -69,7 +57,7 @@ class WindowVerdict:
     window_start: str | None
     window_end: str | None
     rows: int
-    status: str  # "ok", "alert", "insufficient data"
+    status: str  # "ok", "alert", INSUFFICIENT_DATA
     data_valid: bool | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] | None = None
@@ -78,10 +66,34 @@ class WindowVerdict:
     alerts: list[Alert] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=str))
+        return json_safe(asdict(self))
+
+    def record_validation(self, validation: dict[str, Any]) -> None:
+        """The live-data suite's outcome; the rest of the window is judged only on valid data."""
+        self.validation, self.data_valid = validation, bool(validation["success"])
+
+    def conclude(self, alerts: list[Alert]) -> None:
+        self.alerts = alerts
+        if alerts:
+            self.status = "alert"
 
 
 # --- the window -------------------------------------------------------------------------
+
+def open_verdict(model: str, version: str, window: pd.DataFrame, service: ServiceVerdict | None,
+                 min_rows: int) -> WindowVerdict:
+    """A window's verdict before it is judged: its bounds and size, and whether it has enough rows."""
+    start = window["time"].min().isoformat() if not window.empty else None
+    end = window["time"].max().isoformat() if not window.empty else None
+    status = INSUFFICIENT_DATA if len(window) < min_rows else "ok"
+    return WindowVerdict(model, version, start, end, len(window), status, service=service)
+
+
+def is_fresh(deployed_at: float | None, fresh_deploy_s: float, now: float | None = None) -> bool:
+    """Whether the serving version went live less than ``fresh_deploy_s`` ago (its service alerts
+    then roll it back)."""
+    now = time.time() if now is None else now
+    return deployed_at is not None and now - deployed_at < fresh_deploy_s
 
 def monitor_state_path(settings: Settings, model: str) -> Path:
     return settings.state_dir / "monitor" / f"{model}.json"
@@ -105,7 +117,7 @@ def next_monitor_state(previous: dict[str, Any], verdict: WindowVerdict, metrics
     (unless this one had too few rows to judge: they are judged again with the next ones), and
     service rates are the difference from these metrics."""
     state = previous | {"version": verdict.version, "judged_at": datetime.now(UTC).isoformat()}
-    if verdict.window_end is not None and verdict.status != "insufficient data":
+    if verdict.window_end is not None and verdict.status != INSUFFICIENT_DATA:
         state["window_end"] = verdict.window_end
     if metrics_now is not None:
         state["metrics"] = metrics_now
@@ -190,14 +202,12 @@ def performance_verdict(window: pd.DataFrame, labels: pd.DataFrame, spec: ModelS
 
 def service_verdict(before: dict | None, after: dict, spec: ModelSpec) -> ServiceVerdict:
     """Error rate and p99 between two scrapes of the serving version's /metrics."""
-    from deployments import gates as g
-
-    def snapshot(raw: dict | None) -> g.MetricsSnapshot:
+    def snapshot(raw: dict | None) -> MetricsSnapshot:
         raw = raw or {"by_status": {}, "latency_buckets": {}}
-        return g.MetricsSnapshot({int(k): v for k, v in raw["by_status"].items()},
-                                 {float(k): v for k, v in raw["latency_buckets"].items()})
+        return MetricsSnapshot({int(k): v for k, v in raw["by_status"].items()},
+                               {float(k): v for k, v in raw["latency_buckets"].items()})
 
-    window = g.service_window(snapshot(before), snapshot(after))
+    window = service_window(snapshot(before), snapshot(after))
     degraded = window.requests > 0 and (window.error_rate > spec.monitoring.max_error_rate
                                         or (window.p99_ms is not None and window.p99_ms > spec.monitoring.max_p99_ms))
     return ServiceVerdict(window.requests, window.error_rate, window.p99_ms, degraded)
@@ -216,61 +226,28 @@ def decide_alerts(verdict: WindowVerdict, spec: ModelSpec, fresh_version: bool) 
     base = {"model": verdict.model, "version": verdict.version, "rows": verdict.rows,
             "window_start": verdict.window_start, "window_end": verdict.window_end}
     if verdict.data_valid is False:
-        alerts.append(Alert(INVALID, f"{verdict.validation.get('failed', '?')} expectations failed on live data",
+        alerts.append(Alert(Event.DATA_INVALID, f"{verdict.validation.get('failed', '?')} expectations failed on live data",
                             base | {"failed": verdict.validation.get("failed"),
                                     "failures": verdict.validation.get("failures", [])[:5]}))
     elif verdict.drift is not None and (verdict.drift.get("dataset_drift") or
                                         (verdict.drift.get("prediction") or {}).get("drifted")):
         drift = verdict.drift
-        alerts.append(Alert(DRIFT, f"{drift['drifted_columns']} of {drift['n_columns']} features drifted "
+        alerts.append(Alert(Event.DRIFT_DETECTED, f"{drift['drifted_columns']} of {drift['n_columns']} features drifted "
                                    f"(share {drift['drift_share']:.2f})",
                             base | {"drift_share": drift["drift_share"], "drifted_columns": drift["drifted_columns"],
                                     "top_features": [f["column"] for f in drift["features"][:5] if f["drifted"]],
                                     "prediction_drift": (drift.get("prediction") or {}).get("drifted", False)}))
     perf = verdict.performance
     if perf is not None and perf.degraded and verdict.data_valid is not False:
-        alerts.append(Alert(PERFORMANCE, f"{perf.metric} {perf.value:.4f} vs {perf.baseline:.4f} at evaluation",
+        alerts.append(Alert(Event.PERFORMANCE_DEGRADED, f"{perf.metric} {perf.value:.4f} vs {perf.baseline:.4f} at evaluation",
                             base | {"metric": perf.metric, "value": perf.value, "baseline": perf.baseline,
                                     "drop": perf.drop, "labelled_rows": perf.rows}))
     service = verdict.service
     if service is not None and service.degraded:
-        alerts.append(Alert(SERVICE, f"error rate {service.error_rate:.3f}, p99 {service.p99_ms or 0:.1f} ms",
+        alerts.append(Alert(Event.SERVICE_DEGRADED, f"error rate {service.error_rate:.3f}, p99 {service.p99_ms or 0:.1f} ms",
                             base | {"error_rate": service.error_rate, "p99_ms": service.p99_ms,
                                     "requests": service.requests, "fresh_version": fresh_version}))
     return alerts
-
-
-def verdict_markdown(verdict: WindowVerdict, report_url: str | None = None) -> str:
-    lines = [f"# Monitor: {verdict.model} v{verdict.version} — {verdict.status.upper()}", "",
-             f"Window {verdict.window_start} → {verdict.window_end}, {verdict.rows} rows.", ""]
-    if verdict.alerts:
-        lines += ["## Alerts", ""] + [f"- **{a.event}**: {a.reason}" for a in verdict.alerts] + [""]
-    if verdict.data_valid is not None:
-        lines.append(f"- Data valid (GX suite): **{verdict.data_valid}** "
-                     f"({verdict.validation.get('failed', 0)} of {verdict.validation.get('evaluated', 0)} failed)")
-    if verdict.drift:
-        d = verdict.drift
-        lines.append(f"- Drift: dataset drift **{d['dataset_drift']}**, {d['drifted_columns']}/{d['n_columns']} "
-                     f"features (share {d['drift_share']:.2f}); {d.get('error_bound', '')}")
-        if d.get("prediction"):
-            p = d["prediction"]
-            lines.append(f"- Prediction drift: **{p['drifted']}** ({p['method']} {p['score']:.4g}, threshold {p['threshold']:.4g})")
-        lines += ["", "| feature | method | score | threshold | drifted |", "|---|---|---|---|---|"]
-        lines += [f"| {f['column']} | {f['method']} | {f['score']:.4g} | {f['threshold']:.4g} | {'**yes**' if f['drifted'] else 'no'} |"
-                  for f in d["features"][:10]]
-        lines.append("")
-    if verdict.performance is not None:
-        p = verdict.performance
-        lines.append(f"- Performance: {p.metric} = {p.value if p.value is None else round(p.value, 4)} on {p.rows} "
-                     f"labelled rows (evaluation {p.baseline if p.baseline is None else round(p.baseline, 4)}); "
-                     f"degraded **{p.degraded}**")
-    if verdict.service is not None:
-        s = verdict.service
-        lines.append(f"- Service: {s.requests} requests, error rate {s.error_rate:.4f}, p99 "
-                     f"{'n/a' if s.p99_ms is None else f'{s.p99_ms:.1f} ms'}; degraded **{s.degraded}**")
-    if report_url:
-        lines += ["", f"[Evidently report]({report_url})"]
-    return "\n".join(lines) + "\n"
 
 
 def window_inputs(window: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from modelyard import onnx_feed as feed
 from tasks.training import FeatureSet, model_inputs
 
 PROBABILITY_TOLERANCE = 1e-5
@@ -24,33 +25,14 @@ class OnnxResult:
     reason: str
     model_bytes: bytes | None = None
     parity: dict = field(default_factory=dict)
-    layout: str = "columns"
-
-
-def input_layout(features: FeatureSet) -> str:
-    """``matrix``: one float tensor [rows, features] (all-numeric models; far less per-call
-    overhead in ONNX Runtime). ``columns``: one [rows, 1] tensor per column (mixed types)."""
-    return "columns" if features.categorical else "matrix"
+    layout: str = feed.COLUMNS
 
 
 def onnx_feed(frame: pd.DataFrame, features: FeatureSet, input_names: list[str]) -> dict[str, np.ndarray]:
-    """ONNX inputs in the graph's layout: one float32 matrix, or one [n, 1] tensor per column
-    (float32 numbers, string categories).
-
-    ``input_names`` are the graph's input names, which skl2onnx may have sanitised from the
-    column names; they correspond to ``features.columns`` by position.
-    """
+    """The ONNX inputs of ``frame`` in the layout the export chooses, fed as the server feeds them."""
     inputs = model_inputs(frame, features)
-    if input_layout(features) == "matrix":
-        return {input_names[0]: inputs[features.columns].to_numpy(dtype=np.float32)}
-    feed = {}
-    for column, name in zip(features.columns, input_names, strict=True):
-        values = inputs[column].to_numpy()
-        if column in features.categorical:
-            feed[name] = values.astype(object).reshape(-1, 1)
-        else:
-            feed[name] = values.astype(np.float32).reshape(-1, 1)
-    return feed
+    return feed.onnx_feed({c: inputs[c].to_numpy() for c in features.columns}, feed.input_layout(features.categorical),
+                          features.columns, features.categorical, input_names)
 
 
 def convert(pipeline: Pipeline, features: FeatureSet, is_classifier: bool) -> bytes:
@@ -61,7 +43,7 @@ def convert(pipeline: Pipeline, features: FeatureSet, is_classifier: bool) -> by
         (c, StringTensorType([None, 1]) if c in features.categorical else FloatTensorType([None, 1]))
         for c in features.columns
     ]
-    if input_layout(features) == "matrix":
+    if feed.input_layout(features.categorical) == feed.MATRIX:
         pipeline = _numeric_only(pipeline)
         initial_types = [("features", FloatTensorType([None, len(features.columns)]))]
     options = {id(pipeline): {"zipmap": False}} if is_classifier else None
@@ -120,4 +102,4 @@ def export_with_parity(
     if max_diff > PROBABILITY_TOLERANCE:
         return OnnxResult(False, f"parity failed: max difference {max_diff:.3g} > {PROBABILITY_TOLERANCE}", None, parity)
     parity["input_names"] = input_names
-    return OnnxResult(True, "parity verified on the holdout", model_bytes, parity, input_layout(features))
+    return OnnxResult(True, "parity verified on the holdout", model_bytes, parity, feed.input_layout(features.categorical))

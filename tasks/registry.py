@@ -1,4 +1,4 @@
-"""MLflow: logging a built model with its evidence, registering it, reading and moving aliases."""
+"""MLflow: logging a built model with its evidence, registering it, recording the policy's decision."""
 
 from __future__ import annotations
 
@@ -12,30 +12,20 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from modelyard.catalog import TAG_ARTIFACT_SHA256
 from modelyard.integrity import artifact_digest
-from modelyard.settings import Settings
 
 if TYPE_CHECKING:  # scikit-learn only where a model is built: deploy and monitor runs start faster
     from tasks.onnx_export import OnnxResult
     from tasks.training import FeatureSet
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 REFERENCE_ROWS = 50_000
 # What the pyfunc flavour needs to load and predict: given explicitly, pinned to this environment.
 # Left to MLflow, it infers them in a subprocess that loads the model (seconds per build) and picks
 # up whatever that process imported, pytest included.
 MODEL_REQUIREMENTS = ("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops")
-
-
-def tracking_client(settings: Settings) -> MlflowClient:
-    """Point MLflow at the stack's tracking server and registry."""
-    mlflow.set_tracking_uri(settings.mlflow_url)
-    mlflow.set_registry_uri(settings.mlflow_url)
-    return MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
 
 
 @dataclass(frozen=True)
@@ -111,53 +101,11 @@ def log_and_register(
         )
         local_model = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_dir / "download")))
         digest = artifact_digest(local_model)
-        tags = {**lineage, "modelyard.artifact_sha256": digest, "modelyard.serving_format": serving["format"],
+        tags = {**lineage, TAG_ARTIFACT_SHA256: digest, "modelyard.serving_format": serving["format"],
                 "modelyard.onnx_status": onnx.reason[:500]}
         mlflow.set_tags(tags)
         version = mlflow.register_model(info.model_uri, model_name, tags=tags)
     return RegisteredVersion(model_name, str(version.version), run.info.run_id, info.model_uri, digest, serving["format"])
-
-
-SPEC_ARTIFACT = "spec/spec.json"
-
-
-def version_spec(client: MlflowClient, model_name: str, version: str):
-    """The model spec a version was built from (``None`` for versions registered without one)."""
-    from modelyard.spec import SpecError, parse_spec
-
-    run_id = client.get_model_version(model_name, version).run_id
-    try:
-        raw = mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPEC_ARTIFACT}") if run_id else None
-    except Exception:  # noqa: BLE001 - no artifact (e.g. a version logged by hand)
-        return None
-    if raw is None:
-        return None
-    try:
-        return parse_spec(raw, origin=f"{model_name} v{version} {SPEC_ARTIFACT}")
-    except SpecError:
-        return None
-
-
-def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the model or alias does not exist."""
-    try:
-        return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
-
-
-def set_alias(client: MlflowClient, model_name: str, alias: str, version: str) -> None:
-    client.set_registered_model_alias(model_name, alias, version)
-
-
-def registry_snapshot(client: MlflowClient, model_name: str) -> dict[str, Any]:
-    """Versions and aliases of a model (empty when it does not exist): to prove what changed."""
-    try:
-        model = client.get_registered_model(model_name)
-    except MlflowException:
-        return {"versions": [], "aliases": {}}
-    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{model_name}'"))
-    return {"versions": versions, "aliases": dict(model.aliases)}
 
 
 def load_version(model_name: str, version: str):

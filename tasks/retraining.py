@@ -1,14 +1,6 @@
-"""Retraining stage logic: who may retrain now, and on what data.
-
-Alerts arrive in bursts (every monitor window of a drifting model raises one; an automation
-may fire once per event), so a retrain must *claim* its model first: one retrain per model at
-a time, and at most one per cooldown window. The claim is a small JSON file changed under an
-exclusive lock, so flow runs racing on one machine cannot both win.
-
-Fresh labelled data is the model's source data plus, where delayed labels have arrived, the
-traffic it served: logged inputs joined with their labels by request id. That is what the
-model met in production, drift included.
-"""
+"""Retraining stage logic: who may retrain now (one retrain per model at a time, at most one
+per cooldown, claimed under a lock since alerts come in bursts), and on what data (the source
+plus the labelled traffic the model served, drift included)."""
 
 from __future__ import annotations
 
@@ -17,13 +9,23 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import yaml
+from prefect import runtime, task
+from prefect.cache_policies import NO_CACHE
 
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
+from modelyard.audit import append_audit_record
+from modelyard.catalog import CHAMPION, TAG_SPEC_DIR, Action
+from modelyard.resources import get_resources
+from modelyard.resources.registry import INFRA_RETRIES, alias_version, version_spec
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
+from tasks.monitoring import labels_location, read_labels
 
+MANUAL_REASON = "manual"  # a retrain asked for by hand, not by an alert
 STALE_CLAIM_S = 2 * 3600  # a retrain that never released its claim (crash) stops blocking after this
 
 
@@ -120,3 +122,93 @@ def training_frame(spec: ModelSpec, source: pd.DataFrame, traffic: pd.DataFrame)
             except (TypeError, ValueError):
                 pass
     return pd.concat([source, fill[source.columns]], ignore_index=True)
+
+
+def fresh_training_data(settings: Settings, spec: ModelSpec) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The spec's source data plus its labelled traffic (once at least ``min_labelled_rows`` have
+    arrived), and how many rows of each there were and were used."""
+    from tasks import data as data_ops
+
+    source = data_ops.load_source(spec.data, spec.base_dir)
+    traffic = labelled_traffic(settings, spec, read_labels(labels_location(settings, spec), spec.data.target)) \
+        if spec.retrain.include_traffic else None
+    if traffic is None or len(traffic) < spec.retrain.min_labelled_rows:
+        traffic_rows, used, frame = 0 if traffic is None else len(traffic), 0, source
+    else:
+        traffic_rows = used = len(traffic)
+        frame = training_frame(spec, source, traffic)
+    return frame, {"source_rows": len(source), "labelled_traffic_rows": traffic_rows, "used_traffic_rows": used}
+
+
+def retrain_spec(settings: Settings, spec: ModelSpec) -> dict[str, Any]:
+    """The spec as the retrain writes it elsewhere: its relative paths made absolute."""
+    raw = spec.model_dump(mode="json")
+    if spec.monitoring.labels:
+        raw["monitoring"]["labels"] = str(labels_location(settings, spec))
+    if ":" not in spec.data.source and not Path(spec.data.source).is_absolute():
+        raw["data"]["source"] = str((spec.base_dir / spec.data.source).resolve())
+    return raw
+
+
+def write_retrain_inputs(settings: Settings, spec: ModelSpec, frame: pd.DataFrame) -> dict[str, str]:
+    """The training frame and its spec, written where the model pipeline reads them."""
+    out_dir = settings.state_dir / "retrain" / spec.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path, spec_path = out_dir / "training.parquet", out_dir / "spec.yaml"
+    frame.to_parquet(data_path, index=False)
+    spec_path.write_text(yaml.safe_dump(retrain_spec(settings, spec), sort_keys=False))
+    return {"data_path": str(data_path), "spec_path": str(spec_path)}
+
+
+def retrain_outcome(result: dict[str, Any]) -> str:
+    """What a retrain's pipeline run came to: the new version promoted, or the champion kept."""
+    return "promoted" if result["passed"] and result["champion"] == result["version"] else "kept champion"
+
+
+# --- Prefect task wrappers ----------------------------------------------------------------------
+
+@task(name="champion-spec", **INFRA_RETRIES)
+def champion_spec(model: str) -> tuple[ModelSpec, str]:
+    """The spec the champion was built from (its relative paths where they were), and its version."""
+    client = get_resources().registry
+    version = alias_version(client, model, CHAMPION)
+    if version is None:
+        raise ValueError(f"{model} has no champion to retrain")
+    spec = version_spec(client, model, version)
+    if spec is None:
+        raise ValueError(f"{model} v{version} carries no spec to retrain from")
+    spec_dir = client.get_model_version(model, version).tags.get(TAG_SPEC_DIR)
+    return spec.model_copy(update={"base_dir": Path(spec_dir) if spec_dir else Path(".")}), version
+
+
+@task(name="claim-retrain", cache_policy=NO_CACHE)
+def claim_task(spec: ModelSpec, reason: str, cooldown_s: float | None) -> Claim:
+    """The model's retrain slot, unless an alert asks while automatic retraining is off for it
+    (``cooldown_s``: the spec's unless given)."""
+    if reason != MANUAL_REASON and not spec.retrain.automatic:
+        return Claim(False, "automatic retraining is off for this model (retrain.automatic: false)")
+    cooldown = spec.retrain.cooldown_s if cooldown_s is None else cooldown_s
+    return claim_retrain(get_resources().settings, spec.name, cooldown, str(runtime.flow_run.id or "local"))
+
+
+@task(name="release-retrain", cache_policy=NO_CACHE)
+def release_task(model: str, outcome: str) -> None:
+    release_retrain(get_resources().settings, model, outcome)
+
+
+@task(name="fresh-training-data", cache_policy=NO_CACHE)
+def fresh_data_task(spec: ModelSpec) -> dict[str, Any]:
+    """The spec's source data plus labelled traffic, written where the pipeline reads it."""
+    settings = get_resources().settings
+    frame, rows = fresh_training_data(settings, spec)
+    return write_retrain_inputs(settings, spec, frame) | rows
+
+
+@task(name="record-retrain-outcome", cache_policy=NO_CACHE)
+def record_outcome(model: str, reason: str, champion: str, result: dict[str, Any], data: dict[str, Any]) -> str:
+    """``retrain.finished`` in the ledger, with the decision and the rows used; returns the outcome."""
+    outcome = retrain_outcome(result)
+    append_audit_record(Action.RETRAIN_FINISHED, f"{model}/{result['version']}",
+                        {"reason": reason, "outcome": outcome, "previous_champion": champion,
+                         "decision": result["reasons"], **{k: v for k, v in data.items() if k.endswith("rows")}})
+    return outcome

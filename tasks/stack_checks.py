@@ -10,12 +10,12 @@ import mlflow
 import prefect
 from prefect import task
 
-from modelyard.settings import get_settings
+from modelyard.resources import get_resources
+from modelyard.settings import Settings
 
 
-def describe_environment() -> dict[str, Any]:
+def describe_environment(settings: Settings) -> dict[str, Any]:
     """What the flow run sees: package versions and whether MLflow answers."""
-    settings = get_settings()
     try:
         mlflow_ok = httpx.get(f"{settings.mlflow_url}/health", timeout=5).status_code == 200
     except httpx.HTTPError:
@@ -29,15 +29,9 @@ def describe_environment() -> dict[str, Any]:
     }
 
 
-def environment_markdown(facts: dict[str, Any]) -> str:
-    """The facts as a markdown table for the Prefect UI."""
-    rows = "\n".join(f"| {key} | {value} |" for key, value in facts.items())
-    return f"# modelyard smoke run\n\n| what | value |\n|---|---|\n{rows}\n"
-
-
 @task(name="check-environment", retries=3, retry_delay_seconds=2)
 def check_environment() -> dict[str, Any]:
-    facts = describe_environment()
+    facts = describe_environment(get_resources().settings)
     if not facts["mlflow_reachable"]:
         raise RuntimeError(f"MLflow at {facts['mlflow_url']} is not reachable")
     return facts

@@ -1,35 +1,11 @@
-"""Data validation with Great Expectations: infer a suite from reference data, run it on a frame.
-
-These are plain, typed functions with no Prefect in them, on purpose: the same suite checks
-training data inside a training flow, live windows inside a monitoring flow and a frame in a
-notebook or a test, so the logic must run (and be tested) without an orchestrator. Flows wrap
-these calls in their own tasks and publish :func:`report_markdown` as a markdown artifact.
-
-A suite is built once, from the model spec's explicit expectations plus expectations inferred
-from a reference frame (columns present, type class, no nulls where the reference had none,
-numeric ranges widened by ``range_tolerance`` of their span, category sets), and then reused
-on any number of later frames. Each :func:`validate_frame` call runs GX for real on a fresh
-ephemeral context, so nothing piles up across calls.
-
-GX 1.x quirks handled here (see the notes beside each):
-
-* ``ExpectationSuite.add_expectation`` needs an active Data Context, so suites are built with
-  ``ExpectationSuite(name=..., expectations=[...])``, which needs none.
-* ``gx.get_context()`` replaces the process-wide "current" context; the previous one is put
-  back afterwards so validating a frame does not change what other GX code in the process sees
-  (and does not keep the last validated frame alive).
-* GX's pandas type check matches dtypes by name through numpy/pandas lookups; pandas'
-  ``category``, tz-aware ``datetime64[ns, tz]`` and ``string[pyarrow]`` dtypes cannot be named
-  that way, so no type expectation is inferred for such columns (their values are still
-  checked by the set/not-null expectations).
-* An expectation on a missing column does not fail cleanly: GX records an exception in its
-  ``exception_info``; the report turns it into a failure naming the column.
-"""
+"""Data validation with Great Expectations: a suite from the spec's expectations plus ones
+inferred from reference data, run on any frame (training data, a live window, a notebook's).
+Plain functions with no Prefect in them; docs/monitoring-design.md lists the GX 1.x quirks
+handled here."""
 
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from modelyard.json_safe import json_safe
 from modelyard.spec import ExpectationSpec, ModelSpec, ValidationSpec
 
 if TYPE_CHECKING:
@@ -118,15 +95,6 @@ class ValidationFailed(Exception):
 
 
 # --- inference ---------------------------------------------------------------------------
-def _native(value: Any) -> Any:
-    """A JSON-friendly Python scalar for a numpy/pandas one."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    return value
-
-
 def _type_list(dtype: Any) -> list[str] | None:
     """The GX type list for a reference column's dtype, or None where GX cannot name it."""
     if pd.api.types.is_bool_dtype(dtype):
@@ -155,7 +123,7 @@ def _numeric_range(series: pd.Series, tolerance: float) -> tuple[float, float] |
 
 
 def _value_set(series: pd.Series) -> list:
-    values = [_native(v) for v in pd.unique(series.dropna())]
+    values = [json_safe(v) for v in pd.unique(series.dropna())]
     try:
         return sorted(values)
     except TypeError:  # mixed types
@@ -485,45 +453,3 @@ def validate_frame(df: pd.DataFrame, suite: gx.ExpectationSuite, examples: int =
         failed=failed,
         gx_result=gx_result,
     )
-
-
-# --- reporting ---------------------------------------------------------------------------
-def _cell(value: Any, limit: int = 80) -> str:
-    text = str(value)
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _format_percent(percent: float | None) -> str:
-    if percent is None or (isinstance(percent, float) and math.isnan(percent)):
-        return ""
-    return f" ({percent:.2f}%)"
-
-
-def report_markdown(report: ValidationReport, title: str) -> str:
-    """A markdown summary for a Prefect artifact: verdict, then one row per failed expectation."""
-    passed = report.evaluated - len(report.failed)
-    verdict = "PASSED" if report.success else "FAILED"
-    lines = [
-        f"# {title}",
-        "",
-        f"**{verdict}**: {passed} of {report.evaluated} expectations held.",
-        "",
-    ]
-    if report.failed:
-        lines += [
-            "| Expectation | Column | Unexpected | Examples | Details |",
-            "|---|---|---|---|---|",
-        ]
-        for failure in report.failed:
-            count = "" if failure.unexpected_count is None else str(failure.unexpected_count)
-            examples = ", ".join(_cell(repr(e), 30) for e in failure.examples)
-            lines.append(
-                f"| `{failure.expectation}` | {_cell(failure.column or '(table)')} | "
-                f"{count}{_format_percent(failure.unexpected_percent)} | {examples} | "
-                f"{_cell(failure.details, 120)} |"
-            )
-    else:
-        lines.append("Every expectation held.")
-    return "\n".join(lines) + "\n"

@@ -1,98 +1,15 @@
-"""Fixtures that start real stacks (Prefect, MLflow, a worker) on free loopback ports."""
+"""Fixtures shared by every kind of test (tests/unit, tests/integration, tests/e2e): the real
+stacks, started once per session on free loopback ports. Unit tests use none of them."""
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 
-import psutil
 import pytest
 
-from modelyard.settings import Settings
-from modelyard.cli.stack import PROCESS_COMPONENTS, Stack
-
-
-def quiet(spec: dict) -> dict:
-    """A test spec kept out of the monitoring loop's way: its scheduled monitor runs hourly and
-    its alerts start no retrain. Tests of the loop itself (test_monitoring.py) set their own."""
-    spec["monitoring"] = {**spec.get("monitoring", {}), "interval_s": 3600}
-    spec["retrain"] = {**spec.get("retrain", {}), "automatic": False}
-    return spec
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_settings(state_dir: Path, **overrides) -> Settings:
-    return Settings(
-        state_dir=state_dir,
-        prefect_port=free_port(),
-        mlflow_port=free_port(),
-        bridge_port=free_port(),
-        worker_query_seconds=1.0,
-        **overrides,
-    )
-
-
-def stack_pids(stack: Stack) -> set[int]:
-    """Every live pid of the stack's processes and their descendants."""
-    pids: set[int] = set()
-    for name in PROCESS_COMPONENTS:
-        record = stack.processes.alive(name)
-        if record is None:
-            continue
-        proc = record.process()
-        pids.add(proc.pid)
-        pids.update(child.pid for child in proc.children(recursive=True))
-    return pids
-
-
-def alive(pids: set[int]) -> set[int]:
-    living = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                living.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return living
-
-
-class AlertReceiver:
-    """A local webhook receiver: what the alert notifications POST, kept in order."""
-
-    def __init__(self) -> None:
-        import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    received.append(json.loads(body))
-                except ValueError:
-                    received.append({"raw": body.decode(errors="replace")})
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
+from modelyard.cli.stack import Stack
+from tests.support.stacks import AlertReceiver, make_settings
 
 
 @pytest.fixture(scope="session")

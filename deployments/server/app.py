@@ -20,6 +20,7 @@ from deployments.server.contract import ContractError, InputContract, MatrixBatc
 from deployments.server.metrics import ServerMetrics
 from deployments.server.model_runtime import ModelRuntime, Prediction
 from deployments.server.prediction_log import MatrixColumns
+from modelyard.catalog import REPLAY_HEADER
 
 JSON = b"application/json"
 
@@ -31,7 +32,7 @@ def jsonable(values: np.ndarray):
 
 # A rollout replays a canary's logged inputs against the serving version to compare answers;
 # those requests are not traffic, so they stay out of the prediction log and latency metrics.
-REPLAY_HEADER = b"x-modelyard-replay"
+REPLAY = REPLAY_HEADER.lower().encode()  # ASGI header names come lowercased, as bytes
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class InferenceApp:
             response_headers.append((b"www-authenticate", b'Bearer realm="modelyard"'))
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": payload})
-        if REPLAY_HEADER in headers and route_name in ("invocations", "v2_infer"):
+        if REPLAY in headers and route_name in ("invocations", "v2_infer"):
             route_name = "replay"  # a rollout's comparison, not traffic: kept out of latency and the log
         self.metrics.request(route_name, status, time.perf_counter() - started)
 
@@ -207,7 +208,7 @@ class InferenceApp:
             raise ContractError(415, "UNSUPPORTED_MEDIA_TYPE",
                                 f"content type '{content_type.decode('latin-1') or 'none'}' is not supported; "
                                 "use application/json or text/csv", "Content-Type")
-        prediction = await self._predict(columns, request_id, log=REPLAY_HEADER not in headers)
+        prediction = await self._predict(columns, request_id, log=REPLAY not in headers)
         return 200, orjson.dumps({"predictions": jsonable(prediction.labels)}, option=orjson.OPT_SERIALIZE_NUMPY), JSON
 
     async def v2_infer(self, headers, body, request_id):
@@ -219,7 +220,7 @@ class InferenceApp:
                                 "Inference-Header-Content-Length")
         payload = parse_json(body)
         columns = self.contract.from_v2(payload)
-        prediction = await self._predict(columns, request_id, log=REPLAY_HEADER not in headers)
+        prediction = await self._predict(columns, request_id, log=REPLAY not in headers)
         rows = len(prediction.labels)
         info = self.runtime.info
         if self.runtime.is_classifier:

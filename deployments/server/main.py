@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from modelyard.catalog import TAG_ARTIFACT_SHA256
 from modelyard.integrity import artifact_digest
 from modelyard.settings import Settings
 
@@ -15,9 +16,9 @@ class IntegrityError(ValueError):
 
 def registered_digest(model: str, settings: Settings) -> tuple[str, str, str | None]:
     """(name, version, recorded artifact sha256) of a ``models:/name/version`` or ``@alias`` URI."""
-    from mlflow import MlflowClient
+    from modelyard.resources.registry import registry_client
 
-    client = MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
+    client = registry_client(settings)
     reference = model.removeprefix("models:/").strip("/")
     if "@" in reference:
         name, alias = reference.split("@", 1)
@@ -25,12 +26,12 @@ def registered_digest(model: str, settings: Settings) -> tuple[str, str, str | N
     else:
         name, number = reference.rsplit("/", 1)
         version = client.get_model_version(name, number)
-    return version.name, str(version.version), version.tags.get("modelyard.artifact_sha256")
+    return version.name, str(version.version), version.tags.get(TAG_ARTIFACT_SHA256)
 
 
 def verify_integrity(loaded_digest: str, expected: str | None, model: str) -> None:
     if expected is None:
-        raise IntegrityError(f"{model} has no recorded artifact sha256 (modelyard.artifact_sha256): refusing to serve")
+        raise IntegrityError(f"{model} has no recorded artifact sha256 ({TAG_ARTIFACT_SHA256}): refusing to serve")
     if loaded_digest != expected:
         raise IntegrityError(f"{model}: the files hash to {loaded_digest[:16]}…, the registry recorded "
                              f"{expected[:16]}… at registration: refusing to serve a tampered artifact")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard.integrity import artifact_digest
+from modelyard.onnx_feed import COLUMNS, onnx_feed
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 
@@ -115,7 +116,7 @@ class ModelRuntime:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.categorical = set(self.serving.get("categorical", []))
         self.feature_order = list(self.serving.get("columns", [c.name for c in self.columns]))
-        self.layout = self.serving.get("layout", "columns")
+        self.layout = self.serving.get("layout", COLUMNS)
         self.is_classifier = len(self.output_names) > 1
         if self.is_classifier:
             import onnx
@@ -137,25 +138,11 @@ class ModelRuntime:
         if self.is_classifier:
             self.classes = list(self.pipeline.classes_)
 
-    def _onnx_feed(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.layout == "matrix":
-            if getattr(columns, "names", None) == self.feature_order:
-                return {self.input_names[0]: columns.matrix.astype(np.float32)}
-            matrix = np.column_stack([columns[c] for c in self.feature_order]).astype(np.float32, copy=False)
-            return {self.input_names[0]: matrix}
-        feed = {}
-        for column, name in zip(self.feature_order, self.input_names, strict=True):
-            values = columns[column]
-            if column in self.categorical:
-                feed[name] = values.astype(str).astype(object).reshape(-1, 1)
-            else:
-                feed[name] = values.astype(np.float32).reshape(-1, 1)
-        return feed
-
     def predict(self, columns: dict[str, np.ndarray]) -> Prediction:
         """Predict on checked columns (name → 1-D array of the rows' values)."""
         if self.info.serving_format == "onnx":
-            outputs = self.session.run(None, self._onnx_feed(columns))
+            outputs = self.session.run(None, onnx_feed(columns, self.layout, self.feature_order, self.categorical,
+                                                       self.input_names))
             if self.is_classifier:
                 return Prediction(outputs[0].reshape(-1), np.asarray(outputs[1]), self.classes)
             return Prediction(np.asarray(outputs[0]).reshape(-1), None, None)

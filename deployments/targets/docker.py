@@ -22,10 +22,11 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-
 from deployments.targets.base import Endpoint, TargetError, free_port, host_endpoint, model_key, socket_path, wait_ready
+from modelyard.catalog import TAG_ARTIFACT_SHA256, Action
 from modelyard.settings import Settings
 
 __all__ = ["DockerTarget", "Endpoint", "ImageRef", "TargetError"]
@@ -41,7 +42,7 @@ SERVING_PACKAGES = (
 )
 # The server's own code, relative to the project: nothing else goes into an image.
 APP_FILES = ("deployments/__init__.py", "deployments/server", "modelyard/__init__.py",
-             "modelyard/settings.py", "modelyard/integrity.py")
+             "modelyard/settings.py", "modelyard/integrity.py", "modelyard/catalog.py", "modelyard/onnx_feed.py")
 DOCKERFILE = Path("infra/docker/Dockerfile.model")
 
 LABEL_MODEL = "org.modelyard.model"
@@ -213,26 +214,25 @@ class DockerTarget:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client = None
 
-    @property
+    @cached_property
     def client(self):
-        if self._client is None:
-            import docker
+        """The Docker Engine's client, made on first use (and again after a failed attempt)."""
+        import docker
 
-            try:
-                self._client = docker.from_env(timeout=300)
-                self._client.ping()
-            except Exception as error:
-                raise TargetError(f"the Docker Engine does not answer ({error}): run infra/scripts/start-docker.sh") from error
-        return self._client
+        try:
+            client = docker.from_env(timeout=300)
+            client.ping()
+        except Exception as error:
+            raise TargetError(f"the Docker Engine does not answer ({error}): run infra/scripts/start-docker.sh") from error
+        return client
 
     # -- images ------------------------------------------------------------------------
 
     def _registry(self):
-        from mlflow import MlflowClient
+        from modelyard.resources import get_resources
 
-        return MlflowClient(tracking_uri=self.settings.mlflow_url, registry_uri=self.settings.mlflow_url)
+        return get_resources(self.settings).registry
 
     def _registered(self, model: str, version: str) -> tuple[str, Path]:
         """The recorded sha256 of a version and its downloaded model directory."""
@@ -247,8 +247,7 @@ class DockerTarget:
         """Build the image of ``models:/model/version`` and record it on the version and in the ledger."""
         import docker.errors
 
-        from modelyard.ledger import ledger_from_settings
-        from tasks.audit import flow_actor
+        from modelyard.audit import append_audit_record
 
         started = time.monotonic()
         expected, model_dir = self._registered(model, version)
@@ -272,10 +271,9 @@ class DockerTarget:
         registry = self._registry()
         registry.set_model_version_tag(model, str(version), TAG_IMAGE, tag)
         registry.set_model_version_tag(model, str(version), TAG_DIGEST, image.id)
-        ledger_from_settings(self.settings).append(
-            flow_actor(), "docker.image.built", f"{model}/{version}",
-            {"image": tag, "digest": image.id, "artifact_sha256": expected,
-             "base_image": self.settings.docker_base_image, "seconds": ref.seconds})
+        append_audit_record(Action.IMAGE_BUILT, f"{model}/{version}",
+                            {"image": tag, "digest": image.id, "artifact_sha256": expected,
+                             "base_image": self.settings.docker_base_image, "seconds": ref.seconds}, self.settings)
         return ref
 
     def ensure_image(self, model: str, version: str) -> ImageRef:
@@ -290,7 +288,7 @@ class DockerTarget:
         except docker.errors.ImageNotFound:
             return self.build_image(model, version)
         if (recorded.get(TAG_DIGEST) == image.id
-                and image.labels.get(LABEL_SHA256) == recorded.get("modelyard.artifact_sha256")):
+                and image.labels.get(LABEL_SHA256) == recorded.get(TAG_ARTIFACT_SHA256)):
             return ImageRef(tag, image.id, 0.0)
         return self.build_image(model, version)
 

@@ -17,12 +17,14 @@ def make_target(settings: Settings, kind: str) -> Target:
         return DockerTarget(settings)
     if kind == "kubernetes":
         from deployments.targets.kubernetes import KubernetesTarget
-        from tasks.registry import tracking_client, version_spec
+        from modelyard.catalog import CHAMPION
+        from modelyard.resources import get_resources
+        from modelyard.resources.registry import version_spec
 
         def spec_of(model: str):
             """The spec of the model's champion (placement and resources are per model)."""
-            client = tracking_client(settings)
-            champion = client.get_model_version_by_alias(model, "champion")
+            client = get_resources(settings).registry
+            champion = client.get_model_version_by_alias(model, CHAMPION)
             spec = version_spec(client, model, str(champion.version))
             if spec is None:
                 raise TargetError(f"{model} v{champion.version} carries no spec: the kubernetes target needs one")

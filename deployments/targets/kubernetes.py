@@ -2,12 +2,13 @@
 model selects the version that takes traffic, so a blue/green switch is one selector patch.
 
 Objects per version (all named ``<model>-v<version>``): a Deployment, a Service that reaches
-only that version (smoke checks, Gateway API backends for weighted canaries), a
-PodDisruptionBudget and a HorizontalPodAutoscaler. Per model: the stable Service ``<model>``.
+only that version (direct probes), a PodDisruptionBudget and a HorizontalPodAutoscaler. Per
+model: the stable Service ``<model>``.
 
-Rendering is pure (``render_manifests``, ``render_weighted_route``); deciding whether a rollout
-is done (``rollout_state``) and which revision an undo returns to (``previous_revision``) are
-pure too. ``KubernetesTarget`` only moves these objects through the real Kubernetes API.
+Rendering is pure (``render_manifests``); deciding whether a rollout is done (``rollout_state``)
+and which revision an undo returns to (``previous_revision``) are pure too. ``KubernetesTarget``
+only moves these objects through the real Kubernetes API; ``undo`` serves a rollback
+(``deployments.strategies.kubernetes_roll_back``).
 Needs Kubernetes 1.30+ (the preStop ``sleep`` action).
 """
 
@@ -20,10 +21,8 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Any
-
-import yaml
 
 from deployments.targets.base import Endpoint, TargetError
 from modelyard.settings import Settings
@@ -31,8 +30,7 @@ from modelyard.spec import ModelSpec
 
 __all__ = [
     "KubernetesTarget", "RolloutState", "default_image", "deployment_name", "describe_pods", "dns_label",
-    "model_labels", "previous_revision", "render_manifests", "render_weighted_route", "rollback_template",
-    "rollout_state", "service_name", "write_manifests",
+    "model_labels", "previous_revision", "render_manifests", "rollback_template", "rollout_state", "service_name",
 ]
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -283,50 +281,6 @@ def render_manifests(spec: ModelSpec, version: str, image: str, port: int = 8080
     ]
 
 
-def render_weighted_route(model: str, weights: Mapping[str, int], namespace: str = "modelyard",
-                          gateway: str = "modelyard", gateway_namespace: str | None = None) -> dict[str, Any]:
-    """A Gateway API HTTPRoute splitting the model's traffic between versions' own Services by
-    weight (a canary on Kubernetes); the Gateway itself belongs to the cluster's operators."""
-    _check_namespace(namespace)
-    if not weights or len(weights) > 16:
-        raise ValueError("an HTTPRoute rule takes 1 to 16 weighted versions")
-    if any(not isinstance(w, int) or not 0 <= w <= 1_000_000 for w in weights.values()):
-        raise ValueError("weights must be integers in 0..1000000")
-    if sum(weights.values()) == 0:
-        raise ValueError("at least one version needs a positive weight")
-    parent: dict[str, Any] = {"name": gateway}
-    if gateway_namespace:
-        parent["namespace"] = gateway_namespace
-    return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": {"name": service_name(model), "namespace": namespace, "labels": model_labels(model),
-                     "annotations": {MODEL_ANNOTATION: model}},
-        "spec": {
-            "parentRefs": [parent],
-            "rules": [{
-                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                "backendRefs": [{"name": deployment_name(model, v), "port": SERVICE_PORT, "weight": w}
-                                for v, w in weights.items()],
-            }],
-        },
-    }
-
-
-def write_manifests(spec: ModelSpec, version: str, image: str, out_dir: str | Path,
-                    port: int = 8080) -> list[Path]:
-    """Write each object as ``NN-<kind>-<name>.yaml`` so ``kubectl apply -f out_dir`` applies
-    them in order. Applying the stable Service moves the model's traffic to this version."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, obj in enumerate(render_manifests(spec, version, image, port)):
-        path = out / f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        path.write_text(yaml.safe_dump(obj, sort_keys=False))
-        paths.append(path)
-    return paths
-
-
 # -- pure status logic ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -450,29 +404,26 @@ class KubernetesTarget:
         self.spec_loader = spec_loader
         self.image_for = image_for
         self.poll_s = poll_s
-        self._client = None
 
     # -- API access ------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def api_client(self):
         """One ApiClient per target, not the module-global default configuration."""
-        if self._client is None:
-            from kubernetes import client, config
+        from kubernetes import client, config
 
+        try:
+            return config.new_client_from_config(context=self.settings.kubernetes_context)
+        except config.ConfigException as kubeconfig_error:
+            if self.settings.kubernetes_context:
+                raise TargetError(f"kubeconfig context {self.settings.kubernetes_context!r}: {kubeconfig_error}") from kubeconfig_error
+            configuration = client.Configuration()
             try:
-                self._client = config.new_client_from_config(context=self.settings.kubernetes_context)
-            except config.ConfigException as kubeconfig_error:
-                if self.settings.kubernetes_context:
-                    raise TargetError(f"kubeconfig context {self.settings.kubernetes_context!r}: {kubeconfig_error}") from kubeconfig_error
-                configuration = client.Configuration()
-                try:
-                    config.load_incluster_config(client_configuration=configuration)
-                except config.ConfigException as incluster_error:
-                    raise TargetError(f"no Kubernetes credentials: kubeconfig: {kubeconfig_error}; "
-                                      f"in-cluster: {incluster_error}") from incluster_error
-                self._client = client.ApiClient(configuration)
-        return self._client
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException as incluster_error:
+                raise TargetError(f"no Kubernetes credentials: kubeconfig: {kubeconfig_error}; "
+                                  f"in-cluster: {incluster_error}") from incluster_error
+            return client.ApiClient(configuration)
 
     def _apis(self):
         from kubernetes import client
@@ -540,6 +491,12 @@ class KubernetesTarget:
         if deployment is None or not (deployment.get("status") or {}).get("availableReplicas"):
             return None
         return self._endpoint(spec, version)
+
+    def version_state(self, model: str, version: str) -> RolloutState | None:
+        """Where the version's Deployment stands; None when it has none (never started, or retired)."""
+        spec = self.spec_loader(model)
+        deployment = self._read("Deployment", deployment_name(model, version), spec.serving.kubernetes.namespace)
+        return None if deployment is None else rollout_state(deployment)
 
     def start(self, model: str, version: str, timeout_s: float = 120) -> Endpoint:
         """Apply the version's objects and wait until its rollout is ready. The stable Service is

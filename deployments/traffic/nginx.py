@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from deployments.targets.base import MAX_SOCKET_PATH, Endpoint, model_key
+from modelyard.catalog import SHADOW_HEADER
 from modelyard.settings import Settings
 
 SLOTS = 20
@@ -106,7 +107,7 @@ server {{
         proxy_http_version 1.1;
         proxy_set_header Connection "close";
         proxy_set_header X-Request-ID $modelyard_request_id;
-        proxy_set_header X-Modelyard-Shadow "1";
+        proxy_set_header {SHADOW_HEADER} "1";
         proxy_connect_timeout 1s;
         proxy_read_timeout 5s;
     }}

@@ -1,20 +1,7 @@
-"""Monitoring benchmark: modelyard's drift analysis against a naive full Evidently run.
+"""Monitoring benchmark: modelyard's drift analysis against a naive full Evidently run on two
+1,000,000-row windows, each run in its own subprocess for honest wall time and peak RSS.
 
-Two seeded 1,000,000-row x 30-column windows (24 numerical, 6 categorical) are judged: one drawn
-like the 50,000-row reference, and one with 14 numerical columns shifted (two just past the drift
-threshold, two just short of it) and 3 categorical ones changed, so that exactly 15 of 30 columns
-drift and the dataset verdict sits on Evidently's 0.5 boundary. Each is judged by
-
-* modelyard's ``tasks.drift.analyse_drift`` (verdict on every row with Evidently's own tests,
-  Evidently report on a 50,000-row sample, HTML + JSON written), and
-* the naive full run a user would write: ``Report([DataDriftPreset()])`` on the whole window,
-  HTML + JSON written,
-
-each in its own subprocess, one after another, so wall time and peak RSS (``wait4``'s
-``ru_maxrss`` of that process, data included) belong to one run only. A full run that passes
-``--full-timeout`` seconds is killed and reported as such.
-
-Run with ``make bench-monitoring``; writes docs/benchmarks/monitoring.md.
+Run with ``make bench-monitoring``; writes docs/benchmarks/monitoring.md (method and results).
 """
 
 from __future__ import annotations

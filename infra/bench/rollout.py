@@ -1,20 +1,11 @@
-"""Rollout benchmark: failed requests while traffic moves, and how fast a rollback is.
+"""Rollout benchmark: failed requests while traffic moves (slot router against ``nginx -s
+reload``), the real rollout paths under load, and how fast a rollback is.
 
-1. Switching, side by side: two running versions of the same model behind nginx, traffic
-   switched between them ``--switches`` times under wrk (8 connections, single-row JSON):
-   - modelyard's slot router (symlinked unix-socket slots, no reload), against
-   - the usual way: rewrite the upstream, ``nginx -s reload``.
-2. The real rollout paths under wrk through the stable endpoint: blue/green, a canary of a
-   good version, a canary of a version that fails a fifth of its requests (rolled back by the
-   gates: time from the verdict to 100% back on the old version), and a manual rollback.
-3. Where a Docker Engine runs: the same blue/green on the docker target (start and switch times).
-
-Run with `make bench-rollout`; writes docs/benchmarks/rollout.md.
+Run with `make bench-rollout`; writes docs/benchmarks/rollout.md (method and results).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -29,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import free_port, one_row_body, registered_version, run_wrk, start_stack  # noqa: E402
+from serving import bench_arguments, free_port, one_row_body, registered_version, run_wrk, start_stack  # noqa: E402
 
+from modelyard.resources import get_resources  # noqa: E402
 from modelyard.settings import Settings  # noqa: E402
 
 MODEL = "bench-rf100"
@@ -133,21 +125,15 @@ def timed_rollout(name: str, url: str, payload: str, seconds: int, action) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--switches", type=int, default=20)
-    parser.add_argument("--seconds", type=int, default=30)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "rollout.md"))
-    args = parser.parse_args()
-
+    args = bench_arguments("rollout.md", switches=20, seconds=30)
     settings = start_stack()
-    os.environ.update(settings.child_env() | settings.prefect_client_env())
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments import strategies
     from deployments.targets.local import LocalTarget
     from deployments.traffic.nginx import NginxRouter
     from modelyard.spec import load_spec
-    from tests.broken_models import register_faulty_version
+    from tests.support.broken_models import register_faulty_version
 
     payload = one_row_body()
     with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
@@ -177,7 +163,7 @@ def main() -> None:
                                                lambda: strategies.roll_back_to_previous(settings, MODEL, target, router))
     results["docker"] = docker_rollout(settings, router, v1, payload)
     write_report(Path(args.out), results, args)
-    target.stop(MODEL, strategies.active_version(settings, MODEL) or v2)
+    target.stop(MODEL, get_resources(settings).serving.active_version(MODEL) or v2)
 
 
 def docker_rollout(settings: Settings, router, version: str, payload: str) -> dict | None:
@@ -202,17 +188,12 @@ def docker_rollout(settings: Settings, router, version: str, payload: str) -> di
     build_s = time.monotonic() - began
     result = timed_rollout("docker blue/green", router.url(MODEL), payload, 40,
                            lambda: strategies.blue_green(settings, MODEL, version, target, router)
-                           if strategies.active_version(settings, MODEL) != version
+                           if get_resources(settings).serving.active_version(MODEL) != version
                            else strategies.roll_back_to_previous(settings, MODEL, target, router, to_version=version))
     result["image_build_s"] = build_s
     result["image"] = getattr(image, "tag", str(image))
     target.stop(MODEL, version)
     return result
-
-
-def _steps(outcome) -> str:
-    timeline = getattr(outcome, "timeline", outcome) or []
-    return "<br>".join(f"{s['t_s']:.2f} s {s['step']}" for s in timeline)
 
 
 def write_report(path: Path, results: dict, args) -> None:

@@ -42,10 +42,10 @@ def registered_version(settings: Settings) -> str:
     """The champion of bench-rf100, training it through the model pipeline if needed."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.registry import CHAMPION, alias_version, tracking_client
+    from modelyard.catalog import CHAMPION
+    from modelyard.resources.registry import alias_version, registry_client
 
-    os.environ.update(settings.child_env() | settings.prefect_client_env())
-    version = alias_version(tracking_client(settings), "bench-rf100", CHAMPION)
+    version = alias_version(registry_client(settings), "bench-rf100", CHAMPION)
     if version is None:
         with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
             from flows.pipeline import model_pipeline
@@ -93,11 +93,22 @@ def run_wrk(url: str, body: str, seconds: int, connections: int) -> dict:
 
 
 def start_stack() -> Settings:
-    """The stack of this checkout's settings, up (started where it is not)."""
+    """The stack of this checkout's settings, up (started where it is not), with this process
+    and its children pointed at it (MODELYARD_*, its MLflow, its Prefect API)."""
     settings = Settings()
     print("bringing the stack up …", flush=True)
     Stack(settings, progress=lambda m: print(f"  {m}", flush=True)).up()
+    os.environ.update(settings.child_env() | settings.prefect_client_env())
     return settings
+
+
+def bench_arguments(report: str, **defaults: int) -> argparse.Namespace:
+    """A benchmark's command line: its integer options with their defaults, and where the report goes."""
+    parser = argparse.ArgumentParser()
+    for name, default in defaults.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / report))
+    return parser.parse_args()
 
 
 def one_row_body() -> str:
@@ -111,21 +122,14 @@ def one_row_body() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=20)
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "serving.md"))
-    args = parser.parse_args()
-
+    args = bench_arguments("serving.md", seconds=20, connections=8)
     settings = start_stack()
     version = registered_version(settings)
     model_uri = f"models:/bench-rf100/{version}"
     print(f"model {model_uri}", flush=True)
     body = one_row_body()
 
-    env = {**os.environ, **settings.child_env(), "MODELYARD_SERVE_ANONYMOUS": "true",
-           "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": settings.mlflow_url}
+    env = {**os.environ, "MODELYARD_SERVE_ANONYMOUS": "true", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     env.pop("MODELYARD_API_TOKEN", None)
     servers = {}
     ports = {name: free_port() for name in ("modelyard", "modelyard-sampled", "modelyard-nolog", "mlflow", "bare-uvicorn", "bare-granian")}

@@ -1,9 +1,6 @@
-"""A steady stream of single-row requests against a model's stable endpoint.
-
-The demo uses it so that canary gates have live traffic to judge (and, later, so that the
-monitor has a prediction log to watch); each request carries its own ``X-Request-ID`` so that
-delayed labels can be joined to it. Statuses are counted, never raised: a failed request is
-a finding, not a crash.
+"""Live traffic and delayed labels for the demo, so that gates and the monitor have something to
+judge: single-row requests against a model's stable endpoint, each with its own ``X-Request-ID``
+for the labels to join; a failed request is counted, never raised.
 """
 
 from __future__ import annotations
@@ -12,6 +9,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
+from typing import Self
 
 import httpx
 import pandas as pd
@@ -24,7 +23,32 @@ def model_inputs(url: str, headers: dict[str, str] | None = None) -> list[str]:
     return [item["name"] for item in meta["inputs"]]
 
 
-class TrafficGenerator:
+class _Background:
+    """A daemon thread running ``_run`` from ``start`` until ``stop`` (also a context manager)."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class TrafficGenerator(_Background):
     """Posts the rows of ``frame`` one by one at about ``rate`` requests per second, cycling."""
 
     def __init__(self, url: str, frame: pd.DataFrame, rate: float = 40.0,
@@ -38,8 +62,7 @@ class TrafficGenerator:
         self.switched_at: float | None = None
         self._lock = threading.Lock()
         self._load(frame)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        super().__init__("traffic")
 
     def _load(self, frame: pd.DataFrame) -> None:
         rows = frame[self.columns].astype(object).where(frame[self.columns].notna(), None).values.tolist()
@@ -85,37 +108,20 @@ class TrafficGenerator:
     def failed(self) -> int:
         return sum(n for status, n in self.statuses.items() if status != 200)
 
-    def start(self) -> TrafficGenerator:
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-    def __enter__(self) -> TrafficGenerator:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class LabelFeeder:
+class LabelFeeder(_Background):
     """Delayed labels, as a fraud team's case outcomes would arrive: every ``every_s``, the
     labels of requests sent more than ``delay_s`` ago are written as one Parquet file to
     ``directory`` (request_id, target) — what the monitor and retrain join by request id."""
 
-    def __init__(self, traffic: TrafficGenerator, truth: dict[str, int], target: str, directory,
+    def __init__(self, traffic: TrafficGenerator, truth: dict[str, int], target: str, directory: Path | str,
                  delay_s: float = 15.0, every_s: float = 10.0) -> None:
-        from pathlib import Path
-
         self.traffic, self.truth, self.target = traffic, truth, target
         self.directory = Path(directory)
         self.delay_s, self.every_s = delay_s, every_s
         self.written = 0
         self._done = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="labels", daemon=True)
+        super().__init__("labels")
 
     def add_truth(self, truth: dict[str, int]) -> None:
         self.truth.update(truth)
@@ -137,11 +143,3 @@ class LabelFeeder:
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             self._flush()
-
-    def start(self) -> LabelFeeder:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)

@@ -10,9 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelyard.catalog import CHAMPION, PIPELINE_DEPLOYMENT, Action
+from modelyard.cli.stack import Stack, StackError
 from modelyard.ledger import ledger_from_settings
 from modelyard.settings import get_settings
-from modelyard.cli.stack import Stack, StackError
 
 app = typer.Typer(help="modelyard: build, validate, evaluate, deploy, monitor and retrain models.", no_args_is_help=True)
 stack_app = typer.Typer(help="Start, stop and inspect the embedded stack.", no_args_is_help=True)
@@ -22,6 +23,14 @@ app.add_typer(audit_app, name="audit")
 
 console = Console()
 errors = Console(stderr=True)
+
+
+def _resources(settings):
+    """The stack's resources, imported on use: MLflow takes seconds to import, and the ledger
+    commands do not need it."""
+    from modelyard.resources import get_resources
+
+    return get_resources(settings)
 
 
 def _stack() -> Stack:
@@ -130,10 +139,10 @@ def train(
     console.print(f"{'[green]' if ok else '[red]'}{flow_run.state.name if flow_run.state else 'unknown'}[/] "
                   f"{flow_run_url(settings, flow_run)}")
     if ok:
-        from tasks.registry import registry_snapshot, tracking_client
+        from modelyard.resources.registry import registry_snapshot
 
         model = load_spec(spec).name
-        snapshot = registry_snapshot(tracking_client(settings), model)
+        snapshot = registry_snapshot(_resources(settings).registry, model)
         console.print(f"{model}: versions {snapshot['versions']}, aliases {snapshot['aliases']}")
     else:
         errors.print(str(flow_run.state.message if flow_run.state else ""))
@@ -171,7 +180,7 @@ def rollback(
     import os
 
     settings = get_settings()
-    os.environ.update(settings.prefect_client_env())  # the flow run reports to this stack's Prefect
+    os.environ.update(settings.child_env() | settings.prefect_client_env())  # the flow run reports to this stack's Prefect
     from deployments.strategies import RolloutFailed
     from flows.deploy import rollback as rollback_flow
 
@@ -181,7 +190,7 @@ def rollback(
         errors.print(f"[red]rollback failed:[/red] {error.reason}")
         raise typer.Exit(1) from error
     console.print(f"{model}: v{result['from_version']} → v{result['version']} serving again "
-                  f"(switch took {result['rollback_s']:.2f} s)")
+                  f"(switch took {result['rollback_s']} s)")
 
 
 @app.command("kpis")
@@ -190,14 +199,14 @@ def kpis(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     html_path: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report (chart embedded) here.")] = None,
 ) -> None:
-    """Delivery KPIs from the audit ledger: deployments, success rate, frequency, rollbacks, MTTD, MTTR."""
+    """Delivery KPIs from the audit ledger: deployments, success rate, frequency, rollbacks
+    (automatic and manual), MTTD, MTTR."""
     from tasks.kpis import delivery_kpis
+    from tasks.reporting import kpi_rows, write_kpi_report
 
     records = ledger_from_settings(get_settings()).records()
     numbers = delivery_kpis(records, model)
     if html_path is not None:
-        from tasks.kpi_report import write_kpi_report
-
         html_path.parent.mkdir(parents=True, exist_ok=True)
         errors.print(f"KPI report: {write_kpi_report(records, model, html_path)}")
     if as_json:
@@ -206,9 +215,8 @@ def kpis(
     table = Table(title=f"delivery KPIs{' of ' + model if model else ''}")
     table.add_column("KPI")
     table.add_column("value")
-    for key, value in numbers.items():
-        shown = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-        table.add_row(key, shown)
+    for label, shown in kpi_rows(numbers):
+        table.add_row(label, shown)
     console.print(table)
 
 
@@ -217,29 +225,19 @@ DEMO_SPEC = "specs/fraud.yaml"
 
 def _wait_for_deploy(settings, model: str, version: str, timeout_s: float = 180) -> str | None:
     """The stable endpoint once the event-triggered deploy serves ``version``, else None."""
-    from deployments.strategies import wait_active, wait_serving
-
-    active = wait_active(settings, model, version, timeout_s, poll_s=2)
-    if active is None or not wait_serving(settings, active["endpoint"], version, 5):
+    resources = _resources(settings)
+    active = resources.serving.wait_active(model, version, timeout_s, poll_s=2)
+    if active is None or not resources.inference.wait_serving(active["endpoint"], version, 5):
         return None
     return active["endpoint"]
 
 
-def _rollout_record(settings, model: str, version: str) -> dict | None:
-    records = [r for r in ledger_from_settings(settings).records(subject=f"{model}/{version}")
-               if r["action"] in ("deploy.succeeded", "deploy.rolled_back")]
-    return records[-1] if records else None
-
-
 def _print_timeline(record: dict) -> None:
-    table = Table(title=f"rollout of {record['subject']}: {record['action']}")
-    for column in ("t (s)", "step", "traffic", "detail"):
-        table.add_column(column, overflow="fold")
-    for step in record["details"].get("timeline", []):
-        traffic = ", ".join(f"v{v} {w}%" for v, w in step.get("weights", {}).items())
-        colour = "green" if step["ok"] else "red"
-        table.add_row(f"{step['t_s']:.1f}", f"[{colour}]{step['step']}[/{colour}]", traffic, step["detail"][:160])
-    console.print(table)
+    from rich.markdown import Markdown
+
+    from tasks.reporting import RolloutSummary, timeline_markdown
+
+    console.print(Markdown(timeline_markdown(RolloutSummary.from_record(record))))
 
 
 def _wait_ledger(settings, predicate, timeout_s: float, poll_s: float = 1.0) -> dict | None:
@@ -248,17 +246,11 @@ def _wait_ledger(settings, predicate, timeout_s: float, poll_s: float = 1.0) -> 
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for record in ledger_from_settings(settings).records():
+        for record in _resources(settings).ledger.records():
             if predicate(record):
                 return record
         time.sleep(poll_s)
     return None
-
-
-def _epoch(record: dict) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(record["time"]).timestamp()
 
 
 @app.command("demo")
@@ -274,8 +266,9 @@ def demo(
     from modelyard.cli.runs import flow_run_url, run_deployment_and_wait
     from modelyard.spec import load_spec
     from modelyard.cli.demo_traffic import LabelFeeder, TrafficGenerator
+    from modelyard.resources.registry import registry_snapshot
     from tasks.demo_data import apply_scenario, generate_transactions
-    from tasks.registry import registry_snapshot, tracking_client
+    from tasks.kpis import record_time
 
     began = time.monotonic()
     stack = _stack()
@@ -293,9 +286,9 @@ def demo(
         console.print(f"[bold]{time.monotonic() - began:5.0f} s[/bold]  {text}")
 
     step(f"model pipeline on {DEMO_SPEC} (validate → build → evaluate → register) …")
-    pipeline_run = run_deployment_and_wait(settings, "model-pipeline/model-pipeline",
+    pipeline_run = run_deployment_and_wait(settings, PIPELINE_DEPLOYMENT,
                                            parameters={"spec_path": str(spec_path)}, timeout_s=1800)
-    champion = registry_snapshot(tracking_client(settings), model)["aliases"].get("champion")
+    champion = registry_snapshot(_resources(settings).registry, model)["aliases"].get(CHAMPION)
     endpoint = _wait_for_deploy(settings, model, champion) if champion else None
     if not endpoint:
         errors.print(f"[red]{model} v{champion} is not serving; see `modelyard audit show --subject {model}/{champion}`[/red]")
@@ -316,17 +309,17 @@ def demo(
         labels.add_truth(dict(zip(drifted["transaction_id"].astype(str), drifted["is_fraud"].astype(int), strict=True)))
         injected_at = traffic.switch(drifted)
         step(f"drift injected: '{scenario}' from now on")
-        detected = _wait_ledger(settings, lambda r: r["action"] == "monitor.drift.detected"
-                                and r["subject"].startswith(f"{model}/") and _epoch(r) >= injected_at,
+        detected = _wait_ledger(settings, lambda r: r["action"] == Action.MONITOR_DRIFT
+                                and r["subject"].startswith(f"{model}/") and record_time(r) >= injected_at,
                                 timeout_s=spec.monitoring.interval_s * 3 + 60)
         if detected is None:
             errors.print("[red]the monitor did not detect the drift in time[/red]")
             raise typer.Exit(1)
-        outcome["mttd_s"] = _epoch(detected) - injected_at
-        step(f"drift detected ({detected['details']['reason']}; top: {', '.join(detected['details']['top_features'])}) "
-             f"→ modelyard.drift.detected → retrain")
-        finished = _wait_ledger(settings, lambda r: r["action"] == "retrain.finished" and r["subject"].startswith(f"{model}/")
-                                and _epoch(r) >= _epoch(detected), timeout_s=600)
+        step(f"drift detected {record_time(detected) - injected_at:.0f} s after it was injected "
+             f"({detected['details']['reason']}; top: {', '.join(detected['details']['top_features'])}) → retrain")
+        finished = _wait_ledger(settings, lambda r: r["action"] == Action.RETRAIN_FINISHED
+                                and r["subject"].startswith(f"{model}/") and record_time(r) >= record_time(detected),
+                                timeout_s=600)
         if finished is None:
             errors.print("[red]the retrain did not finish in time[/red]")
             raise typer.Exit(1)
@@ -335,61 +328,61 @@ def demo(
              f"{finished['details']['outcome']}")
         if finished["details"]["outcome"] == "promoted":
             rolled = _wait_ledger(settings, lambda r: r["subject"] == f"{model}/{new_version}"
-                                  and r["action"] in ("deploy.succeeded", "deploy.rolled_back"), timeout_s=300)
+                                  and r["action"] in (Action.DEPLOY_SUCCEEDED, Action.DEPLOY_ROLLED_BACK), timeout_s=300)
             if rolled is not None:
                 outcome["rollout"] = rolled
-                if rolled["action"] == "deploy.succeeded":
-                    switched = next((s for s in rolled["details"]["timeline"] if s["step"] == "switched"), None)
-                    started = next((r for r in ledger_from_settings(settings).records(subject=f"{model}/{new_version}")
-                                    if r["action"] == "deploy.started"), None)
-                    serving_at = _epoch(started) + switched["t_s"] if started and switched else _epoch(rolled)
-                    outcome["mttr_s"] = serving_at - _epoch(detected)
+                # The deploy flow records the loop's MTTD and MTTR (tasks/kpis.py) before it reports success.
+                recovered = [r for r in _resources(settings).ledger.records(subject=f"{model}/{new_version}")
+                             if r["action"] == Action.KPI_RECOVERED]
+                if recovered:
+                    outcome |= {key: recovered[-1]["details"].get(key) for key in ("mttd_s", "mttr_s")}
                 step(f"v{new_version}: {rolled['action']} ({rolled['details'].get('strategy', '')})")
     finally:
         labels.stop()
         traffic.stop()
     _demo_summary(settings, model, pipeline_run, traffic, outcome, flow_run_url)
-    if "mttr_s" not in outcome:
+    if outcome.get("mttr_s") is None:
         raise typer.Exit(1)
     step("done")
 
 
 def _demo_summary(settings, model: str, pipeline_run, traffic, outcome: dict, flow_run_url) -> None:
-    from mlflow import MlflowClient
+    from modelyard.resources.registry import artifact_url, experiment_url, model_url
+    from tasks.kpis import MTTD_MEANING, MTTR_MEANING
+    from tasks.reporting import write_kpi_report
 
+    resources = _resources(settings)
     if "rollout" in outcome:
         _print_timeline(outcome["rollout"])
+    seconds = {key: outcome.get(key) for key in ("mttd_s", "mttr_s")}
     table = Table(title="closed loop")
     table.add_column("measure")
     table.add_column("value")
-    table.add_row("MTTD (first drifted request → drift event)", f"{outcome['mttd_s']:.1f} s" if "mttd_s" in outcome else "-")
-    table.add_row("time to recovery (drift event → new version on 100%)", f"{outcome['mttr_s']:.1f} s" if "mttr_s" in outcome else "-")
+    table.add_row(f"MTTD ({MTTD_MEANING})", "-" if seconds["mttd_s"] is None else f"{seconds['mttd_s']:.1f} s")
+    table.add_row(f"MTTR ({MTTR_MEANING})", "-" if seconds["mttr_s"] is None else f"{seconds['mttr_s']:.1f} s")
     table.add_row("requests sent / failed", f"{traffic.sent} / {traffic.failed}")
     console.print(table)
-    if "mttd_s" in outcome:
-        ledger_from_settings(settings).append("demo", "kpi.closed_loop", model,
-                                              {k: round(v, 3) for k, v in outcome.items() if k.endswith("_s")})
-    client = MlflowClient(settings.mlflow_url)
+    if any(value is not None for value in seconds.values()):
+        resources.ledger.append("demo", Action.KPI_CLOSED_LOOP, model,
+                                {key: round(value, 3) for key, value in seconds.items() if value is not None})
+    client = resources.registry
     experiment = client.get_experiment_by_name(f"{model}-monitoring")
     links = [("Prefect UI (flow runs: monitor, retrain, deploy)", f"{settings.prefect_ui_url}/runs"),
              ("first pipeline run", flow_run_url(settings, pipeline_run)),
-             ("MLflow model registry", f"{settings.mlflow_url}/#/models/{model}")]
+             ("MLflow model registry", model_url(settings.mlflow_url, model))]
     if experiment is not None:
-        links.append(("MLflow monitoring runs", f"{settings.mlflow_url}/#/experiments/{experiment.experiment_id}"))
+        links.append(("MLflow monitoring runs", experiment_url(settings.mlflow_url, experiment.experiment_id)))
         runs = client.search_runs([experiment.experiment_id], filter_string="tags.`modelyard.status` = 'alert'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
         if runs:
             html = [a.path for a in client.list_artifacts(runs[0].info.run_id, "evidently") if a.path.endswith(".html")]
             if html:
-                links.append(("Evidently drift report", f"{settings.mlflow_url}/get-artifact?path={html[0]}&run_uuid={runs[0].info.run_id}"))
-    from tasks.kpi_report import write_kpi_report
-
-    report = write_kpi_report(ledger_from_settings(settings).records(), model,
-                              settings.state_dir / "reports" / "delivery-kpis.html")
+                links.append(("Evidently drift report", artifact_url(settings.mlflow_url, runs[0].info.run_id, html[0])))
+    report = write_kpi_report(resources.ledger.records(), model, settings.state_dir / "reports" / "delivery-kpis.html")
     links.append(("delivery KPIs (also the 'delivery-kpis' artifact in the Prefect UI)", f"file://{report.resolve()}"))
     for name, url in links:
         console.print(f"{name}: {url}")
-    verification = ledger_from_settings(settings).verify()
+    verification = resources.ledger.verify()
     console.print(f"audit ledger: {verification.records} records, {'verified' if verification.ok else verification.problem}")
 
 

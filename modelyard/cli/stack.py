@@ -1,8 +1,6 @@
-"""The embedded stack: Prefect server, MLflow server, a process worker and the deployments.
-
-``Stack.up`` starts what is not yet running (so a second ``up`` changes nothing), waits
-for each component to be healthy, and fails with the component's log path when one does
-not come up. ``Stack.down`` stops only the processes that ``up`` recorded.
+"""The embedded stack (Prefect server, MLflow server, worker, registry bridge, deployments):
+``up`` starts what is not running and fails naming the log of a component that does not come
+up; ``down`` stops only what ``up`` recorded.
 """
 
 from __future__ import annotations
@@ -328,8 +326,7 @@ class Stack:
     def _check_sqlite_stores(self) -> None:
         """A store path that cannot be a database file stops `up` at once: MLflow would retry
         opening it with back-off for about 100 s before exiting."""
-        stores = {PREFECT_SERVER: self.settings.state_dir / "prefect" / "prefect.db",
-                  MLFLOW_SERVER: self.settings.state_dir / "mlflow" / "mlflow.db"}
+        stores = {PREFECT_SERVER: self.settings.prefect_sqlite_path, MLFLOW_SERVER: self.settings.mlflow_sqlite_path}
         for name, path in stores.items():
             if path.exists() and not path.is_file():
                 raise StackError(f"{name} cannot start: its SQLite store {path} is not a file. Move it away "

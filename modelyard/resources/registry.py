@@ -11,7 +11,6 @@ import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from prefect.cache_policies import NO_CACHE
 
 from modelyard.catalog import CHAMPION
 from modelyard.settings import Settings
@@ -40,10 +39,16 @@ def is_transient(task, task_run, state) -> bool:
     return False
 
 
-# The retries of every Prefect task that calls MLflow, declared once. Inputs are frames and
-# fitted models: never hashed for caching.
-INFRA_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 10],
-                                 "retry_condition_fn": is_transient, "cache_policy": NO_CACHE}
+def __getattr__(name: str) -> Any:
+    """``INFRA_RETRIES``: the retries of every Prefect task that calls MLflow, declared once.
+    Inputs are frames and fitted models: never hashed for caching. Made on first use, because
+    Prefect takes a second to import and the inference server reads the registry without it."""
+    if name != "INFRA_RETRIES":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from prefect.cache_policies import NO_CACHE
+
+    return {"retries": 3, "retry_delay_seconds": [2, 5, 10], "retry_condition_fn": is_transient,
+            "cache_policy": NO_CACHE}
 
 
 def version_spec(client: MlflowClient, model_name: str, version: str):

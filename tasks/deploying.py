@@ -1,0 +1,193 @@
+"""The deploy and rollback flows' steps: the rollout plan a version carries, the rollout under the
+model's lock, what the ledger, the registry and the reports say about it afterwards."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from deployments import strategies
+from deployments.strategies import Rollout, RolloutFailed
+from deployments.targets.factory import make_target
+from modelyard.audit import append_audit_record
+from modelyard.catalog import CHAMPION, TAG_DEPLOY_DETAIL, TAG_DEPLOY_STATUS, Action
+from modelyard.resources import get_resources
+from modelyard.resources.registry import INFRA_RETRIES, artifact_url, set_alias, version_spec
+from modelyard.resources.serving_state import ModelBusy
+from modelyard.schedules import ensure_monitor_schedule
+from modelyard.spec import ServingSpec
+from tasks.kpis import recovery_for, switched_at
+from tasks.reporting import (
+    RolloutSummary, kpi_artifact, publish, rollout_artifact, rollout_chart, timeline_markdown, write_kpi_report,
+)
+
+DEFAULT_MONITOR_INTERVAL_S = 300  # for a version registered without a spec
+
+
+def serving_plan(client, model: str, version: str) -> tuple[ServingSpec, bool]:
+    """The serving section of the version's own spec, and whether its answers are classes."""
+    spec = version_spec(client, model, version)
+    if spec is None:
+        return ServingSpec(strategy="blue_green"), True
+    return spec.serving, spec.is_classification
+
+
+def _tag(client, model: str, version: str, status: str, detail: str) -> None:
+    client.set_model_version_tag(model, version, TAG_DEPLOY_STATUS, status)
+    client.set_model_version_tag(model, version, TAG_DEPLOY_DETAIL, detail[:500])
+
+
+@task(name="rollout-plan", **INFRA_RETRIES)
+def rollout_plan(model: str, version: str) -> tuple[ServingSpec, bool]:
+    return serving_plan(get_resources().registry, model, version)
+
+
+@task(name="rollout", cache_policy=NO_CACHE)
+def run_rollout(model: str, version: str, strategy: str, serving: ServingSpec, categorical: bool) -> Rollout:
+    """The model's strategy, one rollout of the model at a time."""
+    resources = get_resources()
+    settings = resources.settings
+    target = make_target(settings, serving.target)
+    try:
+        with resources.serving.lock(model):
+            if serving.target == "kubernetes":  # traffic moves by the Service selector
+                return strategies.kubernetes_blue_green(settings, model, version, target)
+            if strategy == "canary":
+                return strategies.canary(settings, model, version, serving.rollout, categorical, target)
+            if strategy == "shadow":
+                return strategies.shadow(settings, model, version, serving.rollout, categorical, target)
+            return strategies.blue_green(settings, model, version, target)
+    except ModelBusy as error:
+        raise RolloutFailed(str(error), []) from error
+
+
+@task(name="record-recovery", cache_policy=NO_CACHE)
+def record_recovery(model: str, version: str, timeline: list[dict]) -> dict | None:
+    """When an alert caused this version (alert → retrain → promotion → here), MTTD and MTTR,
+    measured at the moment the rollout's switch completed."""
+    serving_at = switched_at(timeline)
+    if serving_at is None:
+        return None
+    recovery = recovery_for(get_resources().ledger.records(), model, version, serving_at)
+    if recovery is not None:
+        append_audit_record(Action.KPI_RECOVERED, f"{model}/{version}", recovery)
+    return recovery
+
+
+@task(name="record-deployed", **INFRA_RETRIES)
+def record_deployed(rollout: Rollout) -> RolloutSummary:
+    """The version tagged as serving, and ``deploy.succeeded`` in the ledger."""
+    _tag(get_resources().registry, rollout.model, rollout.version, "serving",
+         f"{rollout.strategy} via {rollout.endpoint_url}")
+    append_audit_record(Action.DEPLOY_SUCCEEDED, f"{rollout.model}/{rollout.version}",
+                        {"endpoint": rollout.endpoint_url, "strategy": rollout.strategy, "timeline": rollout.timeline})
+    return RolloutSummary.of(rollout, Action.DEPLOY_SUCCEEDED)
+
+
+@task(name="record-rolled-back", **INFRA_RETRIES)
+def record_rolled_back(model: str, version: str, strategy: str, reason: str, timeline: list[dict]) -> RolloutSummary:
+    """A rollout its own gates refused: never retried by the reconciler, tagged, in the ledger."""
+    resources = get_resources()
+    resources.serving.record_refused(model, version, reason)
+    _tag(resources.registry, model, version, "rolled_back", reason)
+    append_audit_record(Action.DEPLOY_ROLLED_BACK, f"{model}/{version}",
+                        {"reason": reason, "strategy": strategy, "timeline": timeline})
+    return RolloutSummary(model, version, strategy, Action.DEPLOY_ROLLED_BACK, timeline,
+                          previous=resources.serving.active_version(model), reason=reason)
+
+
+@task(name="ensure-monitor-schedule", **INFRA_RETRIES)
+def monitor_schedule_task(model: str, version: str) -> str:
+    spec = version_spec(get_resources().registry, model, version)
+    return ensure_monitor_schedule(model, spec.monitoring.interval_s if spec is not None else DEFAULT_MONITOR_INTERVAL_S)
+
+
+@task(name="rollout-report", **INFRA_RETRIES)
+def report_rollout(summary: RolloutSummary) -> None:
+    """The timeline and its chart on the version's MLflow run (``rollouts/``), and the model's
+    ``rollout`` artifact embedding the chart from there."""
+    resources = get_resources()
+    client = resources.registry
+    run_id = client.get_model_version(summary.model, summary.version).run_id
+    chart_url = None
+    if run_id:
+        with tempfile.TemporaryDirectory() as tmp:
+            name = f"v{summary.version}-{int(time.time())}"
+            chart = rollout_chart(summary, Path(tmp) / f"{name}.png")
+            chart_url = artifact_url(resources.settings.mlflow_url, run_id, f"rollouts/{chart.name}")
+            timeline = Path(tmp) / f"{name}.timeline.md"
+            timeline.write_text(timeline_markdown(summary, chart_url))
+            client.log_artifact(run_id, str(chart), "rollouts")
+            client.log_artifact(run_id, str(timeline), "rollouts")
+    publish(rollout_artifact(summary, chart_url))
+
+
+@task(name="delivery-kpis", cache_policy=NO_CACHE)
+def report_kpis(model: str, version: str) -> None:
+    """The delivery KPIs after this rollout: the page and chart on the version's MLflow run
+    (``kpis/``), and the ``delivery-kpis`` artifact. Reporting never fails the rollout."""
+    resources = get_resources()
+    try:
+        records = resources.ledger.records()
+        run_id = resources.registry.get_model_version(model, version).run_id
+        chart_url = page_url = None
+        if run_id:
+            with tempfile.TemporaryDirectory() as tmp:
+                page = write_kpi_report(records, model, Path(tmp) / "delivery-kpis.html")
+                resources.registry.log_artifact(run_id, str(page), "kpis")
+                resources.registry.log_artifact(run_id, str(page.with_suffix(".png")), "kpis")
+            chart_url = artifact_url(resources.settings.mlflow_url, run_id, "kpis/delivery-kpis.png")
+            page_url = artifact_url(resources.settings.mlflow_url, run_id, "kpis/delivery-kpis.html")
+        publish(kpi_artifact(records, model, version, chart_url, page_url))
+    except Exception as error:  # noqa: BLE001 - the rollout's outcome stands; say what went wrong
+        get_run_logger().warning("delivery KPIs not published: %s", error)
+
+
+@task(name="roll-back", cache_policy=NO_CACHE)
+def roll_back(model: str, to_version: str | None) -> Rollout:
+    """The version that served before (or ``to_version``) serving again, on the target the
+    serving version runs on."""
+    resources = get_resources()
+    settings = resources.settings
+    try:
+        with resources.serving.lock(model):
+            active = resources.serving.active_version(model)
+            serving = serving_plan(resources.registry, model, active)[0] if active is not None else ServingSpec()
+            target = make_target(settings, serving.target)
+            if serving.target == "kubernetes":
+                return strategies.kubernetes_roll_back(settings, model, target, to_version=to_version)
+            return strategies.roll_back_to_previous(settings, model, target, to_version=to_version)
+    except ModelBusy as error:
+        raise RolloutFailed(str(error), []) from error
+
+
+def rollback_action(automatic: bool, failed: bool = False) -> Action:
+    """How the ledger names a rollback: automatic (an alert) or manual (an operator), done or failed."""
+    if automatic:
+        return Action.AUTOMATIC_ROLLBACK_FAILED if failed else Action.AUTOMATIC_ROLLBACK
+    return Action.MANUAL_ROLLBACK_FAILED if failed else Action.MANUAL_ROLLBACK
+
+
+@task(name="record-rollback", **INFRA_RETRIES)
+def record_rollback(rollout: Rollout, reason: str, automatic: bool) -> RolloutSummary:
+    """The version rolled away from refused and tagged, the registry's champion back on the
+    version that serves (so the reconciler does not redeploy the other), the rollback in the ledger."""
+    resources = get_resources()
+    model, action = rollout.model, rollback_action(automatic)
+    resources.serving.record_refused(model, rollout.previous, f"rolled back ({reason})")
+    _tag(resources.registry, model, rollout.previous, "rolled_back",
+         f"{'automatic' if automatic else 'manual'} rollback to v{rollout.version}: {reason}")
+    set_alias(resources.registry, model, CHAMPION, rollout.version)
+    append_audit_record(action, f"{model}/{rollout.version}",
+                        {"from_version": rollout.previous, "reason": reason, "rollback_s": rollout.rollback_s,
+                         "strategy": rollout.strategy, "timeline": rollout.timeline})
+    return RolloutSummary.of(rollout, action, reason)
+
+
+@task(name="record-rollback-failed", cache_policy=NO_CACHE)
+def record_rollback_failed(model: str, to_version: str | None, reason: str, automatic: bool) -> None:
+    append_audit_record(rollback_action(automatic, failed=True), f"{model}/{to_version or '?'}", {"reason": reason})

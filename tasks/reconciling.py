@@ -1,0 +1,54 @@
+"""The reconciler's steps: read what the registry wants and what serves, emit the registry
+events the bridge missed, keep every serving model's monitor schedule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from deployments.bridge import emit_prefect_event
+from deployments.reconcile import alias_event, missed_deploys, recently_in_flight
+from modelyard.audit import append_audit_record
+from modelyard.catalog import CHAMPION, Action
+from modelyard.resources import get_resources
+from modelyard.resources.registry import INFRA_RETRIES, champions, version_spec
+from modelyard.schedules import ensure_monitor_schedule
+
+
+@task(name="registry-champions", **INFRA_RETRIES)
+def champions_task() -> dict[str, str]:
+    """Every registered model with a champion, and the version it points at."""
+    return champions(get_resources().registry)
+
+
+@task(name="compare-registry-with-serving", cache_policy=NO_CACHE)
+def compare(champion_versions: dict[str, str], grace_s: float = 600) -> list[dict]:
+    """Champions that no rollout handled and none is handling now (see deployments/reconcile.py)."""
+    resources = get_resources()
+    serving = {model: resources.serving.active_version(model) for model in champion_versions}
+    in_flight = recently_in_flight(resources.ledger.records(), datetime.now(UTC), grace_s)
+    handled = {model: resources.serving.handled_versions(model) | in_flight.get(model, set())
+               for model in champion_versions}
+    busy = {model for model in champion_versions if resources.serving.rollout_in_progress(model)}
+    return [m.__dict__ for m in missed_deploys(champion_versions, serving, handled, busy)]
+
+
+@task(name="emit-missed-event", cache_policy=NO_CACHE)
+def emit_missed(model: str, version: str, serving: str | None) -> None:
+    emit_prefect_event(alias_event(model, version))
+    append_audit_record(Action.REGISTRY_EVENT_RECONCILED, f"{model}/{version}", {"alias": CHAMPION, "serving": serving})
+
+
+@task(name="ensure-monitor-schedules", **INFRA_RETRIES)
+def ensure_schedules(models: list[str]) -> dict[str, str]:
+    """Every serving model has its monitor schedule (re-created if a re-registration lost it)."""
+    resources = get_resources()
+    changes = {}
+    for model in sorted(models):
+        version = resources.serving.active_version(model)
+        spec = version_spec(resources.registry, model, version) if version else None
+        if spec is not None:
+            changes[model] = ensure_monitor_schedule(model, spec.monitoring.interval_s)
+    return changes

@@ -1,0 +1,218 @@
+"""The monitor's judgement as plain functions: which alerts a window raises, the performance
+verdict once delayed labels arrive, the service verdict between two scrapes, and what one
+monitor run leaves for the next — no Prefect, no servers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelyard.catalog import Event
+from modelyard.spec import parse_spec
+from tasks.monitoring import (
+    INSUFFICIENT_DATA, PerformanceVerdict, ServiceVerdict, WindowVerdict, decide_alerts, next_monitor_state,
+    performance_verdict, service_verdict,
+)
+
+
+def _spec(task: str = "binary_classification", primary: str = "accuracy", **monitoring):
+    return parse_spec({"name": "fraud", "task": task, "data": {"source": "x.csv", "target": "is_fraud"},
+                       "metrics": {"primary": primary},
+                       "monitoring": {"min_labelled_rows": 4, "max_performance_drop": 0.05, **monitoring}})
+
+
+SPEC = _spec()
+
+
+def _verdict(**judged) -> WindowVerdict:
+    return WindowVerdict("fraud", "3", "2026-11-26T10:00:00+00:00", "2026-11-26T10:05:00+00:00", 2400, "ok", **judged)
+
+
+def _drift(drifted: list[str], calm: list[str], prediction_drifted: bool = False) -> dict:
+    features = [{"column": c, "drifted": True} for c in drifted] + [{"column": c, "drifted": False} for c in calm]
+    n = len(features)
+    return {"dataset_drift": len(drifted) / n >= 0.5, "drift_share": len(drifted) / n, "drifted_columns": len(drifted),
+            "n_columns": n, "features": features, "prediction": {"drifted": prediction_drifted}}
+
+
+DEGRADED = PerformanceVerdict(400, "roc_auc", 0.71, 0.90, 0.19, True)
+HEALTHY = PerformanceVerdict(400, "roc_auc", 0.89, 0.90, 0.01, False)
+
+
+# --- alerts -------------------------------------------------------------------------------
+
+def test_calm_window_raises_no_alert():
+    verdict = _verdict(data_valid=True, drift=_drift([], ["amount", "hour"]), performance=HEALTHY,
+                       service=ServiceVerdict(500, 0.0, 12.0, False))
+    assert decide_alerts(verdict, SPEC, fresh_version=False) == []
+
+
+def test_invalid_data_raises_only_data_invalid_even_with_drift_and_bad_performance():
+    failures = [{"column": f"c{i}", "expectation": "expect_column_values_to_be_between"} for i in range(7)]
+    verdict = _verdict(data_valid=False, validation={"failed": 7, "failures": failures},
+                       drift=_drift(["amount", "hour"], ["country"]), performance=DEGRADED)
+    [alert] = decide_alerts(verdict, SPEC, fresh_version=False)
+    assert alert.event == Event.DATA_INVALID and alert.reason == "7 expectations failed on live data"
+    assert alert.numbers["failed"] == 7 and alert.numbers["failures"] == failures[:5]
+
+
+def test_dataset_drift_raises_drift_naming_the_drifted_features():
+    verdict = _verdict(data_valid=True, drift=_drift(["amount", "hour", "channel"], ["country", "device"]))
+    [alert] = decide_alerts(verdict, SPEC, fresh_version=False)
+    assert alert.event == Event.DRIFT_DETECTED and alert.reason == "3 of 5 features drifted (share 0.60)"
+    assert alert.numbers["top_features"] == ["amount", "hour", "channel"]
+    assert alert.numbers["drift_share"] == 0.6 and alert.numbers["prediction_drift"] is False
+
+
+def test_prediction_drift_alone_raises_drift():
+    verdict = _verdict(data_valid=True, drift=_drift(["amount"], ["hour", "country", "device"], prediction_drifted=True))
+    [alert] = decide_alerts(verdict, SPEC, fresh_version=False)
+    assert alert.event == Event.DRIFT_DETECTED and alert.numbers["prediction_drift"] is True
+
+
+def test_degraded_performance_raises_performance_with_its_numbers():
+    [alert] = decide_alerts(_verdict(data_valid=True, performance=DEGRADED), SPEC, fresh_version=False)
+    assert alert.event == Event.PERFORMANCE_DEGRADED and alert.reason == "roc_auc 0.7100 vs 0.9000 at evaluation"
+    assert (alert.numbers["value"], alert.numbers["baseline"], alert.numbers["labelled_rows"]) == (0.71, 0.90, 400)
+
+
+def test_degraded_service_raises_service_and_says_whether_the_version_is_fresh():
+    service = ServiceVerdict(500, 0.2, 40.0, True)
+    [fresh] = decide_alerts(_verdict(service=service), SPEC, fresh_version=True)
+    assert fresh.event == Event.SERVICE_DEGRADED and fresh.reason == "error rate 0.200, p99 40.0 ms"
+    assert fresh.numbers["fresh_version"] is True
+    [old] = decide_alerts(_verdict(service=service), SPEC, fresh_version=False)
+    assert old.numbers["fresh_version"] is False
+
+
+def test_every_alert_of_a_window_is_raised_and_names_the_window():
+    verdict = _verdict(data_valid=True, drift=_drift(["amount", "hour"], ["country"]), performance=DEGRADED,
+                       service=ServiceVerdict(500, 0.2, 40.0, True))
+    alerts = decide_alerts(verdict, SPEC, fresh_version=False)
+    assert [a.event for a in alerts] == [Event.DRIFT_DETECTED, Event.PERFORMANCE_DEGRADED, Event.SERVICE_DEGRADED]
+    for alert in alerts:
+        assert alert.numbers["model"] == "fraud" and alert.numbers["version"] == "3"
+        assert alert.numbers["window_start"] == "2026-11-26T10:00:00+00:00" and alert.numbers["rows"] == 2400
+
+
+# --- performance on delayed labels ---------------------------------------------------------
+
+def _window(predictions: list[int], probabilities: list[float] | None = None) -> pd.DataFrame:
+    window = pd.DataFrame({"request_id": [f"r{i}" for i in range(len(predictions))], "prediction": predictions})
+    if probabilities is not None:
+        window["probability"] = [[1 - p, p] for p in probabilities]
+    return window
+
+
+def _labels(truth: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"request_id": [f"r{i}" for i in range(len(truth))], "is_fraud": truth})
+
+
+def test_labels_matching_the_predictions_keep_the_evaluation_baseline():
+    verdict = performance_verdict(_window([0, 1, 0, 1, 0]), _labels([0, 1, 0, 1, 0]), SPEC, {"accuracy": 0.95})
+    assert (verdict.rows, verdict.value, verdict.degraded) == (5, 1.0, False)
+    assert verdict.drop == pytest.approx(-0.05)
+
+
+def test_a_drop_beyond_the_allowance_is_degraded():
+    verdict = performance_verdict(_window([0, 1, 0, 1, 0]), _labels([0, 1, 1, 1, 1]), SPEC, {"accuracy": 0.95})
+    assert verdict.value == pytest.approx(0.6) and verdict.drop == pytest.approx(0.35) and verdict.degraded
+
+
+def test_a_drop_within_the_allowance_is_not_degraded():
+    verdict = performance_verdict(_window([0] * 20), _labels([0] * 19 + [1]), SPEC, {"accuracy": 0.97})
+    assert verdict.value == pytest.approx(0.95) and verdict.drop == pytest.approx(0.02) and not verdict.degraded
+
+
+def test_too_few_labelled_rows_give_no_verdict_yet():
+    verdict = performance_verdict(_window([0, 1, 0, 1, 0]), _labels([1, 0, 1]), SPEC, {"accuracy": 0.95})
+    assert verdict.rows == 3 and verdict.value is None and not verdict.degraded
+
+
+def test_only_requests_with_a_label_are_judged():
+    labels = _labels([0, 1, 0, 1, 0, 1]).iloc[[0, 2, 3, 5]]
+    verdict = performance_verdict(_window([0, 1, 0, 1, 0, 1]), labels, SPEC, {"accuracy": 0.9})
+    assert verdict.rows == 4 and verdict.value == 1.0
+
+
+def test_ranking_metric_uses_the_logged_probabilities():
+    spec = _spec(primary="roc_auc")
+    window = _window([0, 0, 1, 1, 0, 1], probabilities=[0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
+    verdict = performance_verdict(window, _labels([0, 0, 1, 1, 0, 1]), spec, {"roc_auc": 0.95})
+    assert verdict.value == pytest.approx(8 / 9) and verdict.degraded  # one positive ranked under a negative
+
+
+def test_labels_of_one_class_only_give_no_auc_and_no_false_alarm():
+    spec = _spec(primary="roc_auc")
+    window = _window([0, 0, 1, 1], probabilities=[0.1, 0.4, 0.6, 0.8])
+    verdict = performance_verdict(window, _labels([1, 1, 1, 1]), spec, {"roc_auc": 0.95})
+    assert verdict.value is None and not verdict.degraded
+
+
+def test_error_metric_that_rises_degrades_a_regression_model():
+    spec = _spec(task="regression", primary="rmse", max_performance_drop=1.0)
+    window = pd.DataFrame({"request_id": ["a", "b", "c", "d"], "prediction": [10.0, 20.0, 30.0, 40.0]})
+    labels = pd.DataFrame({"request_id": ["a", "b", "c", "d"], "is_fraud": [12.0, 22.0, 32.0, 42.0]})
+    verdict = performance_verdict(window, labels, spec, {"rmse": 0.5})
+    assert verdict.value == pytest.approx(2.0) and verdict.drop == pytest.approx(1.5) and verdict.degraded
+
+
+def test_metric_missing_from_the_baseline_gives_no_drop():
+    verdict = performance_verdict(_window([0, 1, 0, 1, 0]), _labels([1, 1, 1, 1, 1]), SPEC, {})
+    assert verdict.value == pytest.approx(0.4) and verdict.drop is None and not verdict.degraded
+
+
+# --- service health between two scrapes ------------------------------------------------------
+
+def _scrape(ok: int, errors: int, latency_s: float) -> dict:
+    """A scrape as the monitor keeps it: ``ok + errors`` requests, all under ``latency_s``."""
+    total = ok + errors
+    buckets = {b: (total if b >= latency_s else 0) for b in (0.005, 0.025, 0.1, 0.25, 0.5, 1.0, math.inf)}
+    return {"by_status": {"200": ok, "500": errors}, "latency_buckets": {str(b): n for b, n in buckets.items()}}
+
+
+def test_healthy_service_is_not_degraded():
+    verdict = service_verdict(_scrape(100, 0, 0.005), _scrape(600, 1, 0.005), _spec())
+    assert verdict.requests == 501 and verdict.error_rate == pytest.approx(1 / 501) and not verdict.degraded
+
+
+def test_errors_above_the_limit_degrade_the_service():
+    verdict = service_verdict(_scrape(100, 0, 0.005), _scrape(190, 10, 0.005), _spec(max_error_rate=0.01))
+    assert verdict.error_rate == pytest.approx(0.1) and verdict.degraded
+
+
+def test_slow_answers_degrade_the_service():
+    verdict = service_verdict(None, _scrape(200, 0, 0.5), _spec(max_p99_ms=250))
+    assert verdict.p99_ms > 250 and verdict.degraded
+    assert not service_verdict(None, _scrape(200, 0, 0.5), _spec(max_p99_ms=1000)).degraded
+
+
+def test_an_interval_without_requests_is_not_degraded():
+    same = _scrape(100, 50, 0.5)
+    verdict = service_verdict(same, same, _spec())
+    assert verdict.requests == 0 and not verdict.degraded
+
+
+# --- what one run leaves for the next --------------------------------------------------------
+
+def test_next_window_starts_after_a_judged_one_and_rows_too_few_to_judge_wait_for_more():
+    previous = {"version": "3", "window_end": "2026-11-26T10:00:00+00:00", "metrics": {"requests": 10}}
+    judged = WindowVerdict("fraud", "3", "2026-11-26T10:00:01+00:00", "2026-11-26T10:01:00+00:00", 2400, "ok")
+    state = next_monitor_state(previous, judged, {"requests": 2410})
+    assert state["window_end"] == "2026-11-26T10:01:00+00:00" and state["metrics"] == {"requests": 2410}
+    assert state["version"] == "3" and "judged_at" in state
+
+    too_few = WindowVerdict("fraud", "3", "2026-11-26T10:01:01+00:00", "2026-11-26T10:01:05+00:00", 12,
+                            INSUFFICIENT_DATA)
+    kept = next_monitor_state(state, too_few, None)
+    assert kept["window_end"] == "2026-11-26T10:01:00+00:00"  # those 12 rows are judged with the next ones
+    assert kept["metrics"] == {"requests": 2410}  # no scrape this time: rates stay relative to the last one
+
+
+def test_verdict_is_json_safe_for_the_ledger_and_the_ui():
+    verdict = _verdict(data_valid=True, performance=HEALTHY, service=ServiceVerdict(10, 0.0, np.float64(3.5), False))
+    as_dict = verdict.as_dict()
+    assert as_dict["performance"]["value"] == 0.89 and as_dict["service"]["p99_ms"] == 3.5

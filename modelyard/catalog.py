@@ -89,6 +89,11 @@ WEBHOOK_NAME = "modelyard-registry-bridge"
 # A replayed request (warm-up, model-gate comparison) stays out of a server's metrics and log.
 REPLAY_HEADER = "X-Modelyard-Replay"
 SHADOW_HEADER = "X-Modelyard-Shadow"
+# The server's own id of every prediction (unique; returned to the client; labels join on it).
+PREDICTION_ID_HEADER = "X-Modelyard-Prediction-Id"
+# The router's id of a request (nginx $request_id), sent to the serving version and its shadow
+# alike; a server trusts it only on its unix socket (the router's path), never over TCP.
+TRACE_HEADER = "X-Modelyard-Trace"
 
 # --- resource ids and labels on Prefect events -------------------------------------------------
 def model_resource_id(model: str) -> str:

@@ -4,9 +4,9 @@ Service gates read the servers' own Prometheus counters over a window (two scrap
 inference client, the difference between them): error rate and p99 latency of the new version,
 and its p99 against the serving version's in the same window. Model gates compare answers on
 the *same* inputs: the canary's logged inputs replayed against the serving version (or, for
-shadow traffic, both versions' logs joined by request id) give an agreement rate and a PSI of
-the prediction distributions. Everything here is a plain function of numbers, testable without
-servers.
+shadow traffic, both versions' logs joined by the router's trace id) give an agreement rate and a
+PSI of the prediction distributions. No comparison (an empty log, nothing joined) fails the model
+gates. Everything here is a plain function of numbers, testable without servers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from modelyard.spec import GateSpec
 
@@ -124,6 +125,22 @@ class ModelWindow:
     psi: float
 
 
+def shadow_pairs(served: pd.DataFrame, shadowed: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The serving and the shadow version's predictions of the same mirrored rows, paired by the
+    router's trace id (one per request, the same on its mirror) and the row. Rows without a trace
+    id, and keys either log holds more than once, pair with nothing: a pairing must be certain.
+    Logs without trace ids pair nothing (the model gates then fail)."""
+    keys = ["trace_id", "row"]
+    sides = []
+    for log in (served, shadowed):
+        if log.empty or "trace_id" not in log.columns:
+            return np.array([]), np.array([])
+        log = log[log["trace_id"].notna() & (log["trace_id"].astype(str) != "")]
+        sides.append(log.loc[~log.duplicated(keys, keep=False), keys + ["prediction"]])
+    joined = sides[0].merge(sides[1], on=keys, suffixes=("_served", "_shadow"))
+    return joined["prediction_served"].to_numpy(), joined["prediction_shadow"].to_numpy()
+
+
 def compare_predictions(reference: np.ndarray, candidate: np.ndarray, categorical: bool, tolerance: float) -> ModelWindow:
     return ModelWindow(len(candidate), agreement(reference, candidate, categorical, tolerance),
                        psi(reference, candidate, categorical))
@@ -161,6 +178,9 @@ def judge(gates: GateSpec, new: ServiceWindow, serving: ServiceWindow | None, mo
             ratio = max(new_ms, 1.0) / max(serving_ms, 1.0)
             note = "" if q == 0.99 else f"at p{q * 100:.0f}: {min(new.requests, serving.requests)} requests"
             results.append(GateResult("p99_ratio", ratio, gates.max_p99_ratio, ratio <= gates.max_p99_ratio, note))
+    rows = 0 if model is None else model.rows
+    results.append(GateResult("compared_rows", rows, gates.min_requests, rows >= gates.min_requests,
+                              "" if model is not None else "no logged predictions to compare"))
     if model is not None:
         results.append(GateResult("agreement", model.agreement, gates.min_agreement, model.agreement >= gates.min_agreement))
         results.append(GateResult("prediction_psi", model.psi, gates.max_prediction_psi, model.psi <= gates.max_prediction_psi))

@@ -9,7 +9,7 @@ previous version — after checking that it is still ready — and says why.
   rate, p99, p99 against the serving version) and model gates (agreement and prediction PSI on
   the same inputs) — see deployments/gates.py.
 - ``shadow``: mirror every request to the new version while the old one answers; compare the
-  two by request id; switch only if the gates pass.
+  two by the router's trace id; switch only if the gates pass.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from deployments.traffic.nginx import NginxRouter
 from modelyard.resources import get_resources
 from modelyard.resources.inference import InferenceError
 from modelyard.settings import Settings
-from modelyard.spec import RolloutSpec
+from modelyard.spec import GateSpec, RolloutSpec
 
 LOG_FLUSH_WAIT_S = 1.5  # the prediction log writes a batch at least every second
 MAX_COMPARE_ROWS = 2000
@@ -64,9 +64,10 @@ class Rollout:
 def _start_and_smoke(settings: Settings, target: Target, rollout: Rollout) -> Endpoint:
     try:
         new = target.start(rollout.model, rollout.version)
-        rollout.step("started", True, f"v{rollout.version} ready at {new.url}")
-        get_resources(settings).inference.smoke(new.url, new.model, new.version)
-        rollout.step("smoke", True, "input example answered 200")
+        rollout.step("started", True, f"v{rollout.version} ready: {len(new.replicas)} replica(s) at {', '.join(new.urls)}")
+        for url in new.urls:
+            get_resources(settings).inference.smoke(url, new.model, new.version)
+        rollout.step("smoke", True, f"input example answered 200 on every replica ({len(new.replicas)})")
         return new
     except (TargetError, InferenceError) as error:
         rollout.step("gate failed", False, str(error))
@@ -155,14 +156,15 @@ def _start_beside_serving(settings: Settings, model: str, version: str, strategy
 
 
 def _compare_on_replay(settings: Settings, model: str, new: Endpoint, old: Endpoint, since: datetime,
-                       categorical: bool, tolerance: float) -> g.ModelWindow | None:
-    """The canary's logged inputs of this window, answered again by the serving version."""
+                       categorical: bool, gates: GateSpec) -> g.ModelWindow | None:
+    """The canary's logged inputs of this window, answered again by the serving version (None
+    when the canary logged nothing: its model gates then fail)."""
     logged = read_prediction_log(settings.prediction_log_dir, model, new.version, since=since)
     if logged.empty:
         return None
-    logged = logged.tail(MAX_COMPARE_ROWS)
+    logged = logged.tail(max(MAX_COMPARE_ROWS, gates.min_requests))
     reference = get_resources(settings).inference.replay(inputs_frame(logged), old.url)
-    return g.compare_predictions(reference, logged["prediction"].to_numpy(), categorical, tolerance)
+    return g.compare_predictions(reference, logged["prediction"].to_numpy(), categorical, gates.regression_tolerance)
 
 
 def _record_gates(rollout: Rollout, step: str, results: list[g.GateResult], **data) -> bool:
@@ -191,7 +193,7 @@ def canary(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
     inference = get_resources(settings).inference
     for percent in plan.steps[:-1]:
         try:
-            before_new, before_old = inference.scrape(new.url), inference.scrape(old.url)
+            before_new, before_old = inference.scrape_all(new.urls), inference.scrape_all(old.urls)
             since = datetime.now(UTC)
             rollout.endpoint_url = router.route(model, {old: 100 - percent, new: percent})
             rollout.step(f"weight {percent}%", True, f"v{version} {percent}%, v{old.version} {100 - percent}%",
@@ -199,14 +201,13 @@ def canary(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
             _bake(target, rollout, plan.bake_s)
             # Not enough traffic yet: bake up to twice as long again before judging.
             extra_deadline = time.monotonic() + 2 * plan.bake_s
-            while (inference.scrape(new.url).requests - before_new.requests < plan.gates.min_requests
+            while (inference.scrape_all(new.urls).requests - before_new.requests < plan.gates.min_requests
                    and time.monotonic() < extra_deadline):
                 _bake(target, rollout, 1.0)
-            new_window = g.service_window(before_new, inference.scrape(new.url))
-            old_window = g.service_window(before_old, inference.scrape(old.url))
+            new_window = g.service_window(before_new, inference.scrape_all(new.urls))
+            old_window = g.service_window(before_old, inference.scrape_all(old.urls))
             time.sleep(LOG_FLUSH_WAIT_S)
-            model_window = _compare_on_replay(settings, model, new, old, since, categorical,
-                                              plan.gates.regression_tolerance)
+            model_window = _compare_on_replay(settings, model, new, old, since, categorical, plan.gates)
         except (TargetError, httpx.HTTPError) as error:
             reason = f"at {percent}%: {error}"
             rollout.step(f"gates @ {percent}%", False, reason)
@@ -223,17 +224,14 @@ def canary(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
 
 def _compare_shadow(settings: Settings, model: str, new: Endpoint, old: Endpoint, since: datetime,
                     categorical: bool, tolerance: float) -> g.ModelWindow | None:
-    """Both versions' logs of the window, joined by request id and row."""
-    keys = ["request_id", "row"]
+    """Both versions' logs of the window, paired by the router's trace id and row (None when
+    nothing pairs: the model gates then fail)."""
     served = read_prediction_log(settings.prediction_log_dir, model, old.version, since=since)
     shadowed = read_prediction_log(settings.prediction_log_dir, model, new.version, since=since)
-    if served.empty or shadowed.empty:
+    reference, candidate = g.shadow_pairs(served, shadowed)
+    if len(candidate) == 0:
         return None
-    joined = served[keys + ["prediction"]].merge(shadowed[keys + ["prediction"]], on=keys, suffixes=("_old", "_new"))
-    if joined.empty:
-        return None
-    return g.compare_predictions(joined["prediction_old"].to_numpy(), joined["prediction_new"].to_numpy(),
-                                 categorical, tolerance)
+    return g.compare_predictions(reference, candidate, categorical, tolerance)
 
 
 def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, categorical: bool,
@@ -246,13 +244,13 @@ def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
         return rollout
     rollout.endpoint_url = router.url(model)
     try:
-        before = inference.scrape(new.url)
+        before = inference.scrape_all(new.urls)
         since = datetime.now(UTC)
         router.shadow(model, new)
         rollout.step("shadow on", True, f"every request to v{old.version} is mirrored to v{version}",
                      weights={old.version: 100}, mirrored=version)
         _bake(target, rollout, plan.shadow_s)
-        window = g.service_window(before, inference.scrape(new.url))
+        window = g.service_window(before, inference.scrape_all(new.urls))
         router.shadow(model, None)
         rollout.step("shadow off", True, f"v{version} answered {window.requests} mirrored requests")
         time.sleep(LOG_FLUSH_WAIT_S)
@@ -264,8 +262,6 @@ def shadow(settings: Settings, model: str, version: str, plan: RolloutSpec, cate
         raise RolloutFailed(f"shadow: {error}", rollout.timeline) from error
     old_window = None  # the serving version's latency is not comparable: it answers clients, the shadow does not wait
     results = g.judge(plan.gates, window, old_window, model_window)
-    if model_window is None:
-        results.append(g.GateResult("compared_rows", 0, plan.gates.min_requests, False))
     if not _record_gates(rollout, "shadow gates", results, compared_rows=model_window.rows if model_window else 0):
         target.stop(model, version)
         rollout.step("rolled back", True, f"v{old.version} kept serving; v{version} stopped")

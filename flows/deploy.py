@@ -20,7 +20,11 @@ from tasks.deploying import (
 @flow(name="deploy", log_prints=True)
 def deploy(model: str, version: str, alias: str = CHAMPION, strategy: str | None = None) -> dict:
     """Roll ``model`` v``version`` out; roll back by itself on any failed gate, saying why."""
-    serving, categorical = rollout_plan(model, version)
+    try:
+        serving, categorical = rollout_plan(model, version)
+    except RolloutFailed as refused:  # its spec no longer validates: refused, recorded, never retried
+        report_rollout(record_rolled_back(model, version, strategy or "none", refused.reason, refused.timeline))
+        raise
     strategy = strategy or serving.strategy
     record_audit_event(Action.DEPLOY_STARTED, f"{model}/{version}",
                        {"alias": alias, "strategy": strategy, "target": serving.target})

@@ -44,6 +44,9 @@ class Action(StrEnum):
     RETRAIN_FINISHED = "retrain.finished"
     KPI_RECOVERED = "kpi.recovered"
     KPI_CLOSED_LOOP = "kpi.closed_loop"
+    SERVING_REPLICA_DOWN = "serving.replica_down"  # the watchdog took a dead or hung replica out of the route
+    SERVING_REPLICA_RESTORED = "serving.replica_restored"  # …and put it back once it answered again
+    PREDICTION_LOG_PRUNED = "prediction_log.pruned"  # a server deleted log partitions past their retention
 
 
 class Event(StrEnum):
@@ -56,6 +59,8 @@ class Event(StrEnum):
     PERFORMANCE_DEGRADED = "modelyard.performance.degraded"
     SERVICE_DEGRADED = "modelyard.service.degraded"
     DATA_INVALID = "modelyard.data.invalid"
+    SERVING_REPLICA_DOWN = "modelyard.serving.replica_down"
+    SERVING_REPLICA_RESTORED = "modelyard.serving.replica_restored"
 
 
 REGISTRY_EVENT_PREFIX = "modelyard.registry"

@@ -1,124 +1,255 @@
-"""Start, find and stop the stack's long-running processes: each in its own session with a log
-file, remembered in a pid file with its start time so that a reused pid is never signalled.
+"""One supervisord per stack runs every long-running process: servers, worker, bridge, watchdog
+and serving replicas, each a program with a restart policy and back-off, its log under
+``logs/``. Programs are added and removed at run time (one include file each, then
+``reloadConfig`` + ``addProcessGroup``, as ``supervisorctl update`` does), over XML-RPC on the
+supervisor's unix socket under the state dir.
+
+Children inherit supervisord's environment (the stack's settings, secrets included, never
+written to disk); a program's include file holds only its command and non-secret extras.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
-import signal
+import shlex
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import xmlrpc.client
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 
 import psutil
+from supervisor.xmlrpc import Faults, SupervisorTransport
+
+from modelyard.settings import Settings
+
+# AF_UNIX paths are limited to 108 bytes including the terminating NUL on Linux.
+MAX_SOCKET_PATH = 104
+# supervisord's process states (supervisor.states.ProcessStates), by name.
+ALIVE_STATES = frozenset({"STARTING", "RUNNING", "BACKOFF"})
+EXITED_STATES = frozenset({"BACKOFF", "EXITED", "FATAL"})
+
+
+class SupervisorError(RuntimeError):
+    """supervisord could not be started, reached or asked; the message says which and why."""
 
 
 @dataclass(frozen=True)
-class ProcessRecord:
+class Program:
+    """A supervised program: what runs, where, and how it is restarted and stopped.
+
+    ``priority`` orders start (low first) and shutdown (high first). A process that exits within
+    ``startsecs`` of its start is retried ``startretries`` times with a growing back-off (1 s,
+    2 s, …); one that exits later is restarted at once."""
+
     name: str
-    pid: int
-    create_time: float
-    command: list[str]
-    log_path: str
+    command: Sequence[str]
+    directory: Path
+    environment: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 500
+    startsecs: int = 3
+    startretries: int = 5
+    stopwaitsecs: int = 15
+
+
+def _escape(text: str) -> str:
+    """supervisord expands ``%(name)s`` in commands and environments: a literal ``%`` is ``%%``."""
+    return text.replace("%", "%%")
+
+
+def render_program(program: Program, log_path: Path) -> str:
+    """The include file of one program (supervisord's ini syntax)."""
+    if any(c in program.name for c in ":[]% \n"):
+        raise ValueError(f"{program.name!r} cannot name a supervisord program")
+    lines = [
+        f"[program:{program.name}]",
+        f"command={_escape(shlex.join(str(part) for part in program.command))}",
+        f"directory={_escape(str(program.directory))}",
+        f"priority={program.priority}",
+        "autostart=true",
+        "autorestart=true",
+        f"startsecs={program.startsecs}",
+        f"startretries={program.startretries}",
+        "stopsignal=TERM",
+        f"stopwaitsecs={program.stopwaitsecs}",
+        # The whole process group: a server's children go with it, as they did before.
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={_escape(str(log_path))}",
+        "stdout_logfile_maxbytes=0",
+    ]
+    if program.environment:
+        for key, value in program.environment.items():
+            if not key.isidentifier() or any(c in value for c in "\"\n"):
+                raise ValueError(f"{key}={value!r} cannot go into a supervisord environment line")
+        pairs = ",".join(f'{key}="{_escape(value)}"' for key, value in program.environment.items())
+        lines.append(f"environment={pairs}")
+    return "\n".join(lines) + "\n"
+
+
+def render_supervisord_conf(socket_path: Path, pid_file: Path, log_file: Path, programs_dir: Path,
+                            directory: Path) -> str:
+    """supervisord's own configuration: its socket (owner only), log, pid file and include dir."""
+    return f"""; rendered by modelyard; do not edit. Programs: one file each in {programs_dir}.
+[unix_http_server]
+file={_escape(str(socket_path))}
+chmod=0700
+
+[supervisord]
+logfile={_escape(str(log_file))}
+logfile_maxbytes=10MB
+logfile_backups=2
+pidfile={_escape(str(pid_file))}
+directory={_escape(str(directory))}
+identifier=modelyard
+nocleanup=true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[include]
+files = {_escape(str(programs_dir))}/*.conf
+"""
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One program as supervisord sees it now."""
+
+    name: str
+    state: str
+    pid: int | None
+    started: float
+    exit_status: int
+    description: str
+
+    @classmethod
+    def of(cls, info: Mapping) -> ProcessInfo:
+        return cls(info["name"], info["statename"], info["pid"] or None, float(info["start"]),
+                   int(info["exitstatus"]), info.get("description", ""))
+
+    @property
+    def alive(self) -> bool:
+        """Running, starting, or waiting to be started again (a restart in back-off)."""
+        return self.state in ALIVE_STATES
 
     def process(self) -> psutil.Process | None:
-        """The live process this record names, or None if it is gone or the pid was reused."""
+        """The live OS process (None if supervisord has none, or it is gone)."""
+        if self.pid is None:
+            return None
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 1.0:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
+            return None if proc.status() == psutil.STATUS_ZOMBIE else proc
         except psutil.Error:
             return None
 
 
-class ProcessTable:
-    """The pid files of one stack's processes, under ``run_dir``."""
+class _UnixConnection(HTTPConnection):
+    """supervisor's unix-socket connection, with a timeout (a hung supervisord never hangs us)."""
 
-    def __init__(self, run_dir: Path, logs_dir: Path) -> None:
-        self.run_dir = run_dir
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class _Transport(SupervisorTransport):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__(serverurl=f"unix://{path}")
+        self._get_connection = lambda: _UnixConnection(path, timeout)
+
+
+class Supervisor:
+    """The supervisord of one stack, living in ``root`` and logging to ``logs_dir``."""
+
+    def __init__(self, root: Path, logs_dir: Path) -> None:
+        self.root = root
         self.logs_dir = logs_dir
+        self.programs_dir = root / "programs"
+        self.conf = root / "supervisord.conf"
+        self.socket = root / "supervisor.sock"
+        self.pid_file = root / "supervisord.pid"
+        if len(str(self.socket)) > MAX_SOCKET_PATH:
+            raise SupervisorError(f"socket path {self.socket} is longer than {MAX_SOCKET_PATH} bytes: "
+                                  "use a shorter MODELYARD_STATE_DIR")
 
-    def _pid_path(self, name: str) -> Path:
-        return self.run_dir / f"{name}.pid.json"
+    # -- the supervisord process ------------------------------------------------------------
+
+    def _rpc(self, timeout: float = 10.0):
+        return xmlrpc.client.ServerProxy("http://localhost", transport=_Transport(str(self.socket), timeout)).supervisor
+
+    def pid(self) -> int | None:
+        """supervisord's pid, if it runs and answers."""
+        try:
+            return int(self._rpc(2.0).getPID())
+        except (OSError, xmlrpc.client.Error):
+            return None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, env: Mapping[str, str], timeout_s: float = 15.0) -> bool:
+        """Start supervisord (daemonized, its own session) with ``env``, which every program
+        inherits; True if it was started, False if it already ran. It starts with no programs:
+        include files left by an earlier supervisord name nothing that runs now."""
+        if self.running():
+            return False
+        for directory in (self.root, self.programs_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o700)
+        for stale in self.programs_dir.glob("*.conf"):
+            stale.unlink()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(render_supervisord_conf(self.socket, self.pid_file, self.logs_dir / "supervisord.log",
+                                                     self.programs_dir, self.root))
+        binary = Path(sys.executable).parent / "supervisord"
+        result = subprocess.run([str(binary) if binary.exists() else "supervisord", "-c", str(self.conf)],
+                                env=dict(env), capture_output=True, text=True, timeout=timeout_s, cwd=self.root,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise SupervisorError(f"supervisord did not start: {(result.stdout + result.stderr).strip()[-2000:]}")
+        deadline = time.monotonic() + timeout_s
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise SupervisorError(f"supervisord did not answer on {self.socket} within {timeout_s:.0f} s; "
+                                      f"its log: {self.logs_dir / 'supervisord.log'}")
+            time.sleep(0.05)
+        return True
+
+    def shutdown(self, timeout_s: float = 120.0) -> list[str]:
+        """Stop every program (highest priority first) and supervisord itself; the names of the
+        programs that were alive."""
+        pid = self.pid()
+        if pid is None:
+            return []
+        alive = [info.name for info in self.processes().values() if info.alive]
+        try:
+            self._rpc().shutdown()
+        except (OSError, xmlrpc.client.Error):
+            pass
+        try:
+            psutil.Process(pid).wait(timeout=timeout_s)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired as error:
+            raise SupervisorError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s") from error
+        return alive
+
+    # -- programs ---------------------------------------------------------------------------
 
     def log_path(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"
-
-    def read(self, name: str) -> ProcessRecord | None:
-        try:
-            return ProcessRecord(**json.loads(self._pid_path(name).read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
-            return None
-
-    def alive(self, name: str) -> ProcessRecord | None:
-        record = self.read(name)
-        return record if record and record.process() else None
-
-    def start(
-        self,
-        name: str,
-        command: Sequence[str],
-        env: Mapping[str, str],
-        cwd: Path,
-    ) -> ProcessRecord:
-        """Start ``command`` detached, logging to ``logs/<name>.log``, and remember it."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_path(name)
-        with open(log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                list(command),
-                env=dict(env),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        record = ProcessRecord(
-            name=name,
-            pid=proc.pid,
-            create_time=psutil.Process(proc.pid).create_time(),
-            command=list(command),
-            log_path=str(log_path),
-        )
-        self._pid_path(name).write_text(json.dumps(record.__dict__))
-        return record
-
-    def exit_code(self, record: ProcessRecord) -> int | None:
-        """The exit code of a process we started, if it has exited (reaping it)."""
-        try:
-            pid, status = os.waitpid(record.pid, os.WNOHANG)
-        except ChildProcessError:
-            return None if record.process() else -1
-        if pid == 0:
-            return None
-        return os.waitstatus_to_exitcode(status)
-
-    def stop(self, name: str, timeout_s: float = 15.0) -> bool:
-        """Stop the named process and every descendant; True if something was running."""
-        record = self.read(name)
-        proc = record.process() if record else None
-        stopped = False
-        if proc is not None:
-            family = [proc] + _descendants(proc)
-            _signal_all(family, signal.SIGTERM, record.pid)
-            _, still_alive = psutil.wait_procs(family, timeout=timeout_s)
-            if still_alive:
-                _signal_all(still_alive, signal.SIGKILL, None)
-                psutil.wait_procs(still_alive, timeout=5)
-            stopped = True
-        self._pid_path(name).unlink(missing_ok=True)
-        return stopped
 
     def tail(self, name: str, lines: int = 20) -> str:
         try:
@@ -127,25 +258,119 @@ class ProcessTable:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def _program_file(self, name: str) -> Path:
+        return self.programs_dir / f"{name}.conf"
 
-def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    @contextmanager
+    def _config_lock(self) -> Iterator[None]:
+        """Include files and reloads, one process at a time (targets, the CLI and the watchdog
+        may change programs at once)."""
+        with open(self.root / "programs.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure(self, program: Program) -> ProcessInfo:
+        """``program`` configured and alive: added (started) if new, restarted if its
+        configuration changed, started again if it had stopped or given up; left alone otherwise."""
+        text = render_program(program, self.log_path(program.name))
+        path = self._program_file(program.name)
+        with self._config_lock():
+            if not path.exists() or path.read_text() != text:
+                staged = path.with_name(f".{path.name}.tmp")
+                staged.write_text(text)
+                staged.chmod(0o600)
+                os.replace(staged, path)
+            rpc = self._rpc(timeout=60)
+            added, changed, _ = rpc.reloadConfig()[0]
+            if program.name in changed:
+                rpc.stopProcessGroup(program.name)
+                rpc.removeProcessGroup(program.name)
+                added = [program.name]
+            if program.name in added:
+                _tolerate(lambda: rpc.addProcessGroup(program.name), Faults.ALREADY_ADDED)
+        info = self.info(program.name)
+        if info is not None and info.state in {"STOPPED", "EXITED", "FATAL"}:
+            self.start_process(program.name)
+            info = self.info(program.name)
+        if info is None:
+            raise SupervisorError(f"supervisord does not know {program.name} after adding it")
+        return info
+
+    def remove(self, name: str) -> bool:
+        """Stop ``name`` (gracefully, then killed after its stop wait) and forget it; True if it
+        was alive."""
+        with self._config_lock():
+            self._program_file(name).unlink(missing_ok=True)
+        info = self.info(name)
+        if info is None:
+            return False
+        rpc = self._rpc(timeout=120)
+        _tolerate(lambda: rpc.stopProcessGroup(name), Faults.BAD_NAME)
+        _tolerate(lambda: rpc.removeProcessGroup(name), Faults.BAD_NAME)
+        return info.alive
+
+    def stop(self, name: str) -> bool:
+        """Stop ``name`` but keep it configured (``ensure`` starts it again); True if it was alive."""
+        info = self.info(name)
+        if info is None or not info.alive:
+            return False
+        _tolerate(lambda: self._rpc(timeout=120).stopProcess(name), Faults.NOT_RUNNING, Faults.BAD_NAME)
+        return True
+
+    def start_process(self, name: str) -> None:
+        """Start ``name`` without waiting for it (a program that had stopped or given up)."""
+        _tolerate(lambda: self._rpc().startProcess(name, False), Faults.ALREADY_STARTED, Faults.BAD_NAME,
+                  Faults.SPAWN_ERROR)
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL ``name`` now (a stopped or hung process is never waited on); supervisord then
+        restarts it by its policy. False if it was not running."""
+        try:
+            return bool(self._rpc().signalProcess(name, "KILL"))
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode in (Faults.NOT_RUNNING, Faults.BAD_NAME):
+                return False
+            raise
+
+    def info(self, name: str) -> ProcessInfo | None:
+        """``name`` as supervisord sees it; None if it is not configured or supervisord is down."""
+        try:
+            return ProcessInfo.of(self._rpc().getProcessInfo(name))
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode == Faults.BAD_NAME:
+                return None
+            raise
+        except OSError:
+            return None
+
+    def alive(self, name: str) -> ProcessInfo | None:
+        info = self.info(name)
+        return info if info is not None and info.alive else None
+
+    def processes(self) -> dict[str, ProcessInfo]:
+        """Every program supervisord runs, by name (empty when it is down)."""
+        try:
+            return {info["name"]: ProcessInfo.of(info) for info in self._rpc().getAllProcessInfo()}
+        except OSError:
+            return {}
+
+
+def _tolerate(call, *codes: int):
+    """``call()``, where a fault with one of ``codes`` means the wanted state already holds."""
     try:
-        return proc.children(recursive=True)
-    except psutil.Error:
-        return []
+        return call()
+    except xmlrpc.client.Fault as fault:
+        if fault.faultCode not in codes:
+            raise SupervisorError(f"supervisord: {fault.faultString}") from fault
+        return None
 
 
-def _signal_all(procs: list[psutil.Process], sig: int, group_leader: int | None) -> None:
-    if group_leader is not None:
-        try:
-            os.killpg(group_leader, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except psutil.Error:
-            pass
+def stack_supervisor(settings: Settings) -> Supervisor:
+    """The supervisord of the stack ``settings`` describes."""
+    return Supervisor(settings.run_dir / "supervisor", settings.logs_dir)
 
 
 def port_in_use(host: str, port: int) -> bool:

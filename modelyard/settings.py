@@ -6,6 +6,9 @@ environment variables or a ``.env`` file; no other module reads the environment.
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -51,6 +54,10 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token for modelyard's inference and admin APIs."
     )
+    admin_token: SecretStr | None = Field(
+        None, description="Lets modelyard's own replays (warm-up, model gates) stay out of a server's log and "
+                          "metrics; unset: one is generated once and kept in the state dir."
+    )
     webhook_secret: SecretStr | None = Field(
         None, description="HMAC secret shared with MLflow registry webhooks."
     )
@@ -62,9 +69,13 @@ class Settings(BaseSettings):
         0.0, ge=0, description="Extra wait for a micro-batch to fill (0: batch only what queued while busy)."
     )
     serve_max_body_bytes: int = Field(8 * 1024 * 1024, description="Larger request bodies get 413.")
-    serve_max_rows: int = Field(10_000, description="More rows in one request get 413.")
+    serve_max_rows: int = Field(10_000, description="More rows in one request get 400.")
     prediction_log_sample_rate: float = Field(1.0, ge=0, le=1, description="Share of requests logged.")
     prediction_log_queue: int = Field(10_000, ge=1, description="Requests the log queue holds before dropping.")
+    prediction_log_queue_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Bytes (an estimate) the log queue holds before dropping.")
+    prediction_log_retention_days: float = Field(
+        7.0, ge=0, description="A server deletes its model's log partitions older than this (0: keep all).")
     docker_base_image: str = Field(
         "python:3.11-slim",
         description="Base of every model image; `infra/docker/build-base-image.sh` builds a local one offline.",
@@ -159,7 +170,15 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if value is not None:
                 env[f"MODELYARD_{name.upper()}"] = value.get_secret_value()
+        env["MODELYARD_ADMIN_TOKEN"] = self.admin_secret()
         return env
+
+    def admin_secret(self) -> str:
+        """The admin token: the configured one, else one generated once and kept (mode 0600) in
+        the run dir, where every process of this stack finds the same."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        return kept_secret(self.run_dir / "admin_token", lambda: secrets.token_urlsafe(32))
 
     def prefect_client_env(self) -> dict[str, str]:
         """Variables that point a Prefect client (CLI, worker, flow) at this stack."""
@@ -169,6 +188,24 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": str(self.worker_query_seconds),
         }
+
+
+def kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """A secret generated once by ``make`` and kept in ``path`` (mode 0600). Written whole under
+    a temporary name and linked into place, so that a concurrent reader never sees it half made."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the secret
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 def get_settings() -> Settings:

@@ -13,6 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 TaskKind = Literal["binary_classification", "multiclass_classification", "regression"]
 
+# The metrics the evaluation computes for each task (tasks/evaluation.py; a unit test holds the two
+# together): the only names a spec's primary metric and promotion policy may use.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary_classification": ("accuracy", "f1", "precision", "recall", "roc_auc", "average_precision", "log_loss"),
+    "multiclass_classification": ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +89,11 @@ class PolicySpec(_Strict):
         default_factory=dict, description="Largest allowed drop (or rise, for errors) against the champion."
     )
     max_p95_latency_ms: float | None = None
+    allow_any: bool = Field(False, description="Promote any version: a policy without a threshold must say so.")
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.min_metrics and not self.max_regression and self.max_p95_latency_ms is None
 
 
 class MetricsSpec(_Strict):
@@ -91,7 +104,9 @@ class MetricsSpec(_Strict):
 class GateSpec(_Strict):
     """What a new version must show, on live traffic, before it gets more of it."""
 
-    min_requests: int = Field(20, ge=1, description="Requests the new version must answer before it is judged.")
+    min_requests: int = Field(20, ge=1, description=(
+        "Requests the new version must answer, and logged rows compared with the serving version's answers, "
+        "before it is judged."))
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Share of 5xx answers (and dropped connections).")
     max_p99_ms: float | None = Field(None, gt=0, description="Absolute p99 latency ceiling of the new version.")
     max_p99_ratio: float = Field(3.0, gt=0, description=(
@@ -141,7 +156,9 @@ class ServingSpec(_Strict):
     target: Literal["local", "docker", "kubernetes"] = "local"
     strategy: Literal["blue_green", "canary", "shadow"] = "canary"
     gpu: bool = False
-    replicas: int = 1
+    replicas: int = Field(1, ge=1, description=(
+        "Replicas of each serving version (local: supervised processes, docker: containers, kubernetes: pods); "
+        "the stable endpoint spreads requests over them and retries one that fails on another."))
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -156,13 +173,21 @@ class MonitoringSpec(_Strict):
     max_rows: int = Field(50_000, ge=1000, description="Larger windows are judged on a uniform sample of this size.")
     drift_share: float = Field(0.5, gt=0, le=1, description="Share of drifted features that makes the dataset drifted.")
     labels: str | None = Field(
-        None, description="Delayed labels: a CSV/Parquet file or folder with request_id and the target column "
+        None, description="Delayed labels: a CSV/Parquet file or folder with prediction_id (the server's "
+        "X-Modelyard-Prediction-Id answer header), the target column and, for requests of several rows, row "
         "(relative to the spec; default: <state>/labels/<model>/).")
     max_performance_drop: float = Field(0.05, ge=0, description="Largest drop of the primary metric against evaluation.")
     min_labelled_rows: int = Field(100, ge=1, description="Labelled rows a performance verdict needs.")
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_ms: float = Field(250.0, gt=0)
     fresh_deploy_s: int = Field(900, ge=0, description="A version this young whose service degrades is rolled back.")
+
+    @model_validator(mode="after")
+    def _window_covers_the_interval(self) -> MonitoringSpec:
+        if self.window_s < self.interval_s:
+            raise ValueError(f"monitoring.window_s ({self.window_s}) is shorter than monitoring.interval_s "
+                             f"({self.interval_s}): traffic between two windows would never be judged")
+        return self
 
 
 class RetrainSpec(_Strict):
@@ -196,6 +221,25 @@ class ModelSpec(_Strict):
     def is_classification(self) -> bool:
         return self.task != "regression"
 
+    @model_validator(mode="after")
+    def _metrics_the_task_computes(self) -> ModelSpec:
+        computed = TASK_METRICS[self.task]
+        named = [("metrics.primary", self.metrics.primary)] + \
+            [(f"policy.min_metrics.{m}", m) for m in self.policy.min_metrics] + \
+            [(f"policy.max_regression.{m}", m) for m in self.policy.max_regression]
+        for field, metric in named:
+            if metric not in computed:
+                raise ValueError(f"{field}: {metric!r} is not computed for {self.task} "
+                                 f"(computed: {', '.join(computed)})")
+        return self
+
+    @model_validator(mode="after")
+    def _policy_says_what_promotes(self) -> ModelSpec:
+        if self.policy.is_empty and not self.policy.allow_any:
+            raise ValueError("policy is empty: set policy.min_metrics, policy.max_regression or "
+                             "policy.max_p95_latency_ms, or policy.allow_any: true to promote any version")
+        return self
+
 
 class SpecError(ValueError):
     """The spec file is missing, not YAML, or does not match the schema; says which field."""
@@ -219,8 +263,7 @@ def parse_spec(raw: dict[str, Any], base_dir: Path | None = None, origin: str = 
     try:
         spec = ModelSpec.model_validate(raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
+        messages = [(e["loc"], e["msg"].removeprefix("Value error, ")) for e in error.errors()]
+        problems = "; ".join(f"{'.'.join(str(p) for p in loc)}: {msg}" if loc else msg for loc, msg in messages)
         raise SpecError(f"{origin} is invalid: {problems}") from error
     return spec.model_copy(update={"base_dir": base_dir or Path(".")})

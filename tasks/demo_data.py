@@ -191,6 +191,18 @@ def _typical_amount() -> float:
     return float(sum(w * med * np.exp(s * s / 2.0) for w, med, s, _, _ in _CATEGORY_PROFILE.values()))
 
 
+def _token(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def _transaction_ids(arguments: str, n: int) -> np.ndarray:
+    """``tx-<token>-<n>``, the token from the generator's arguments: frames drawn with other
+    arguments (the demo's calm and drifted populations) never share an id, so a label sent by id
+    can only reach its own transaction."""
+    token = _token(arguments)
+    return np.array([f"tx-{token}-{i:09d}" for i in range(1, n + 1)], dtype=object)
+
+
 def generate_transactions(
     n_rows: int = 20_000,
     seed: int = 42,
@@ -269,7 +281,7 @@ def generate_transactions(
 
     df = pd.DataFrame(
         {
-            "transaction_id": np.array([f"tx-{i:09d}" for i in range(1, n + 1)], dtype=object),
+            "transaction_id": _transaction_ids(f"{n_rows}|{seed}|{fraud_rate!r}|{origin.isoformat()}", n),
             "timestamp": timestamp,
             "amount": amount.astype(float),
             "merchant_category": category,
@@ -478,7 +490,8 @@ def apply_scenario(df: pd.DataFrame, name: str, strength: float = 1.0, seed: int
     returns them re-sorted by ``timestamp`` with a fresh RangeIndex.
 
     ``strength`` scales the scenario (0 changes nothing, 1 is the documented default);
-    ``seed`` drives its random choices, so the same arguments give the same frame.
+    ``seed`` drives its random choices, so the same arguments give the same frame. Transaction
+    ids get the scenario's suffix (strength above 0): a drifted row is another transaction.
     """
     if name not in SCENARIOS:
         raise ValueError(_unknown_scenario_message(name))
@@ -489,6 +502,8 @@ def apply_scenario(df: pd.DataFrame, name: str, strength: float = 1.0, seed: int
         raise ValueError(f"not a transactions frame: missing columns {missing}")
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     out = _APPLIERS[name](df.reset_index(drop=True), float(strength), rng)
+    if strength > 0:
+        out[ID_COLUMN] = out[ID_COLUMN] + f"-{name}-{_token(f'{float(strength)!r}|{seed}')}"
     if name != "new_fraud_pattern":  # the only scenario that re-orders rows (by time)
         out.index = df.index
     return out[list(COLUMNS)].astype(COLUMNS)

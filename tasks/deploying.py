@@ -19,7 +19,7 @@ from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, artifact_url, set_alias, version_spec
 from modelyard.resources.serving_state import ModelBusy
 from modelyard.schedules import ensure_monitor_schedule
-from modelyard.spec import ServingSpec
+from modelyard.spec import ServingSpec, SpecError
 from tasks.kpis import recovery_for, switched_at
 from tasks.reporting import (
     RolloutSummary, kpi_artifact, publish, rollout_artifact, rollout_chart, timeline_markdown, write_kpi_report,
@@ -28,9 +28,14 @@ from tasks.reporting import (
 DEFAULT_MONITOR_INTERVAL_S = 300  # for a version registered without a spec
 
 
-def serving_plan(client, model: str, version: str) -> tuple[ServingSpec, bool]:
-    """The serving section of the version's own spec, and whether its answers are classes."""
-    spec = version_spec(client, model, version)
+def serving_plan(client, model: str, version: str, strict: bool = False) -> tuple[ServingSpec, bool]:
+    """The serving section of the version's own spec, and whether its answers are classes (a
+    version registered without a spec: blue/green). ``strict``: a version whose spec does not
+    validate (any more) is refused with the validation error, never deployed without its gates."""
+    try:
+        spec = version_spec(client, model, version, strict=strict)
+    except SpecError as error:
+        raise RolloutFailed(f"{model} v{version} is refused: {error}", []) from error
     if spec is None:
         return ServingSpec(strategy="blue_green"), True
     return spec.serving, spec.is_classification
@@ -43,7 +48,8 @@ def _tag(client, model: str, version: str, status: str, detail: str) -> None:
 
 @task(name="rollout-plan", **INFRA_RETRIES)
 def rollout_plan(model: str, version: str) -> tuple[ServingSpec, bool]:
-    return serving_plan(get_resources().registry, model, version)
+    """The deploy's plan; ``RolloutFailed`` for a version whose spec does not validate."""
+    return serving_plan(get_resources().registry, model, version, strict=True)
 
 
 @task(name="rollout", cache_policy=NO_CACHE)

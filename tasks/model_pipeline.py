@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from prefect import task
@@ -28,7 +29,7 @@ from tasks.evaluation import Decision, decide, model_metrics, p95_latency_ms, sl
 from tasks.lineage import git_commit, lock_hash, package_versions
 from tasks.model_card import model_card_markdown
 from tasks.onnx_export import export_with_parity, onnx_feed
-from tasks.registry import RegisteredVersion, load_version, log_and_register, log_decision
+from tasks.registry import RegisteredVersion, load_version, log_and_register, log_decision, nullable_columns
 from tasks.training import FeatureSet, model_inputs, train_model
 from tasks.validation import ValidationReport, build_suite, suite_for_model, validate_frame
 
@@ -136,8 +137,16 @@ def build_model(prepared: PreparedData) -> BuiltModel:
     metrics = model_metrics(pipeline, inputs, y_true, spec.is_classification)
     slices = slice_metrics(prepared.holdout, inputs, y_true, pipeline, spec.is_classification,
                            spec.metrics.slices, spec.metrics.primary)
-    onnx = export_with_parity(pipeline, features, prepared.holdout, spec.is_classification)
+    onnx = export_with_parity(pipeline, features, with_gaps(prepared.holdout, nullable_columns(
+        model_inputs(prepared.train, features), features)), spec.is_classification)
     return BuiltModel(pipeline, metrics, slices, onnx)
+
+
+def with_gaps(holdout: pd.DataFrame, columns: list[str], rows: int = 20) -> pd.DataFrame:
+    """The holdout and, per column that had missing values in training, ``rows`` of it with a
+    gap there: ONNX parity must hold on missing values wherever the server will take them."""
+    gaps = [holdout.head(rows).assign(**{column: np.nan}) for column in columns]
+    return pd.concat([holdout, *gaps], ignore_index=True) if gaps else holdout
 
 
 def lineage_tags(prepared: PreparedData, validation: dict[str, Any], project_dir: Path) -> dict[str, str]:

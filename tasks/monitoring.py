@@ -16,13 +16,14 @@ import pandas as pd
 
 from deployments.gates import service_window
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
-from modelyard.catalog import Event
+from modelyard.catalog import PREDICTION_ID_HEADER, Event
 from modelyard.json_safe import json_safe
 from modelyard.resources.inference import MetricsSnapshot
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
 
 INSUFFICIENT_DATA = "insufficient data"
+LABEL_KEY = "prediction_id"  # the server's id of a prediction, the one key labels join on
 
 
 @dataclass
@@ -146,19 +147,46 @@ def labels_location(settings: Settings, spec: ModelSpec) -> Path:
 
 
 def read_labels(location: Path, target: str) -> pd.DataFrame:
-    """Delayed labels (request_id → target) from a CSV/Parquet file or a folder of them."""
+    """Delayed labels from a CSV/Parquet file or a folder of them: ``prediction_id`` (what the
+    server answered in its ``PREDICTION_ID_HEADER``), the target, and ``row`` for requests of
+    several rows; a later file corrects an earlier one. The client's ``request_id`` is no key:
+    clients repeat their ids, and a repeated id would pair a label with another request's row."""
     files = sorted(location.glob("*.parquet")) + sorted(location.glob("*.csv")) if location.is_dir() else \
         ([location] if location.exists() else [])
-    frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f) for f in files]
+    frames = [pd.read_parquet(f) if f.suffix == ".parquet" else pd.read_csv(f, dtype={LABEL_KEY: str}) for f in files]
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame(columns=["request_id", target])
+        return pd.DataFrame({LABEL_KEY: pd.Series(dtype=str), "row": pd.Series(dtype="Int64"),
+                             target: pd.Series(dtype=object)})
     labels = pd.concat(frames, ignore_index=True)
-    missing = {"request_id", target} - set(labels.columns)
+    missing = {LABEL_KEY, target} - set(labels.columns)
     if missing:
-        raise ValueError(f"labels at {location} lack columns {sorted(missing)}")
-    labels["request_id"] = labels["request_id"].astype(str)
-    return labels[["request_id", target]].drop_duplicates("request_id", keep="last")
+        raise ValueError(f"labels at {location} lack columns {sorted(missing)}: labels are keyed by {LABEL_KEY}, "
+                         f"the id each answer carries in its {PREDICTION_ID_HEADER} header (a client's request_id "
+                         f"may repeat)")
+    if "row" not in labels.columns:
+        labels["row"] = pd.NA
+    return labels[[LABEL_KEY, "row", target]].astype({LABEL_KEY: str, "row": "Int64"}) \
+        .drop_duplicates([LABEL_KEY, "row"], keep="last")
+
+
+def join_labels(log: pd.DataFrame, labels: pd.DataFrame, target: str) -> pd.DataFrame:
+    """The logged rows that have a label, with its ``target``: joined on the server's prediction
+    id and the row. A label without a row labels a single-row prediction only; keys logged twice,
+    and logs without prediction ids, join nothing (no verdict rather than a wrong pairing)."""
+    if log.empty or labels.empty or LABEL_KEY not in log.columns:
+        return log.iloc[0:0]
+    keys = pd.DataFrame({LABEL_KEY: log[LABEL_KEY].to_numpy(), "row": log["row"].to_numpy(),
+                         "at": np.arange(len(log))}).dropna().astype({LABEL_KEY: str, "row": "int64"})
+    keys = keys[~keys.duplicated([LABEL_KEY, "row"], keep=False)]
+    single = keys.loc[keys[LABEL_KEY].map(keys[LABEL_KEY].value_counts()) == 1, LABEL_KEY]
+    labelled = labels[labels["row"].notna() | labels[LABEL_KEY].isin(single)]
+    labelled = labelled.assign(row=labelled["row"].fillna(0).astype("int64")) \
+        .drop_duplicates([LABEL_KEY, "row"], keep="last")
+    matched = keys.merge(labelled, on=[LABEL_KEY, "row"], how="inner")
+    joined = log.iloc[matched["at"].to_numpy()].reset_index(drop=True)
+    joined[target] = matched[target].to_numpy()
+    return joined
 
 
 def performance_verdict(window: pd.DataFrame, labels: pd.DataFrame, spec: ModelSpec,
@@ -168,7 +196,7 @@ def performance_verdict(window: pd.DataFrame, labels: pd.DataFrame, spec: ModelS
 
     metric = spec.metrics.primary
     target = spec.data.target
-    joined = window.merge(labels, on="request_id", how="inner") if not window.empty else window
+    joined = join_labels(window, labels, target)
     rows = len(joined)
     base = baseline.get(metric)
     if rows < spec.monitoring.min_labelled_rows:

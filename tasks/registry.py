@@ -46,6 +46,12 @@ def model_pip_requirements() -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_REQUIREMENTS]
 
 
+def nullable_columns(inputs: pd.DataFrame, features: FeatureSet) -> list[str]:
+    """The numeric columns with missing values in ``inputs``: the model learnt to take them, so
+    its server accepts null there (categories are strings by then: a gap is the category "nan")."""
+    return [c for c in features.numeric if inputs[c].isna().any()]
+
+
 def _flatten_params(spec_params: dict[str, Any], prefix: str) -> dict[str, str]:
     return {f"{prefix}{key}": str(value)[:250] for key, value in spec_params.items()}
 
@@ -82,8 +88,12 @@ def log_and_register(
         mlflow.log_artifact(str(reference_path), "reference")
 
         extra_files = []
+        # nullable: the columns whose missing values the ONNX parity check covered (build_model
+        # adds rows with gaps to it), so an ONNX server may take null there.
+        gaps = nullable_columns(train_inputs, features)
         serving = {"format": "onnx" if onnx.ok else "pyfunc", "onnx_status": onnx.reason,
-                   "parity": onnx.parity, "layout": onnx.layout, "columns": features.columns, "categorical": features.categorical}
+                   "parity": onnx.parity, "layout": onnx.layout, "columns": features.columns, "categorical": features.categorical,
+                   "nullable": gaps}
         if onnx.ok and onnx.model_bytes:
             onnx_path = tmp_dir / "model.onnx"
             onnx_path.write_bytes(onnx.model_bytes)
@@ -93,7 +103,10 @@ def log_and_register(
         extra_files.append(str(serving_path))
 
         example = reference.head(5)
-        signature = infer_signature(example, pipeline.predict(example))
+        # MLflow marks a column `required: false` when the frame it infers from has missing values
+        # there; the server takes null exactly in those columns, so show it every column that had gaps.
+        shown = pd.concat([example, example.head(1).assign(**dict.fromkeys(gaps, float("nan")))]) if gaps else example
+        signature = infer_signature(shown, pipeline.predict(example))
         info = mlflow.sklearn.log_model(
             pipeline, name="model", signature=signature, input_example=example,
             skops_trusted_types=SKOPS_TRUSTED_TYPES, extra_files=extra_files,

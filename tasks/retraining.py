@@ -23,7 +23,7 @@ from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, alias_version, version_spec
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
-from tasks.monitoring import labels_location, read_labels
+from tasks.monitoring import join_labels, labels_location, read_labels
 
 MANUAL_REASON = "manual"  # a retrain asked for by hand, not by an alert
 STALE_CLAIM_S = 2 * 3600  # a retrain that never released its claim (crash) stops blocking after this
@@ -88,17 +88,18 @@ def release_retrain(settings: Settings, model: str, outcome: str) -> None:
 
 
 def labelled_traffic(settings: Settings, spec: ModelSpec, labels: pd.DataFrame) -> pd.DataFrame:
-    """Every logged request of the model (all versions) that has a label, as training rows."""
+    """Every logged prediction of the model (all versions) that has a label, as training rows:
+    joined by the server's prediction id (see ``join_labels``), never by the client's id."""
     if labels.empty:
         return pd.DataFrame()
-    log = read_prediction_log(settings.prediction_log_dir, spec.name)
+    log = join_labels(read_prediction_log(settings.prediction_log_dir, spec.name), labels, spec.data.target)
     if log.empty:
         return pd.DataFrame()
-    log = log.drop_duplicates(["request_id", "row"], keep="last")
     rows = inputs_frame(log)
     rows["request_id"] = log["request_id"].astype(str).to_numpy()
     rows["__time"] = log["time"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
-    return rows.merge(labels, on="request_id", how="inner")
+    rows[spec.data.target] = log[spec.data.target].to_numpy()
+    return rows
 
 
 def training_frame(spec: ModelSpec, source: pd.DataFrame, traffic: pd.DataFrame) -> pd.DataFrame:

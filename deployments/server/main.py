@@ -56,6 +56,19 @@ def resolve_model_dir(model: str, settings: Settings) -> Path:
     return target
 
 
+def record_prune(settings: Settings, model: str, version: str):
+    """What a server calls before it deletes old prediction log partitions: a ledger record of them."""
+    from modelyard.catalog import Action
+    from modelyard.ledger import ledger_from_settings
+
+    ledger = ledger_from_settings(settings)
+
+    def record(pruned_version: str, details: dict) -> None:
+        ledger.append(f"server:{model}/{version}", Action.PREDICTION_LOG_PRUNED, f"{model}/{pruned_version}", details)
+
+    return record
+
+
 def build_app(model_dir: Path, settings: Settings, model: str = "", version: str = "", log_predictions: bool = True,
               expected_digest: str | None = None, verify: bool = False):
     from deployments.server.app import InferenceApp, ServerConfig
@@ -74,11 +87,15 @@ def build_app(model_dir: Path, settings: Settings, model: str = "", version: str
     runtime.warm_up()
     log = None
     if log_predictions:
+        retention_days = settings.prediction_log_retention_days
         log = PredictionLog(settings.prediction_log_dir, runtime.info.model, runtime.info.version,
-                            max_queue=settings.prediction_log_queue, sample_rate=settings.prediction_log_sample_rate,
-                            batch_rows=1000)
-    config = ServerConfig(api_token=token, max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms,
-                          max_body_bytes=settings.serve_max_body_bytes, max_rows=settings.serve_max_rows)
+                            max_queue=settings.prediction_log_queue, max_queue_bytes=settings.prediction_log_queue_bytes,
+                            sample_rate=settings.prediction_log_sample_rate, batch_rows=1000,
+                            retention_s=retention_days * 86400 if retention_days > 0 else None,
+                            on_prune=record_prune(settings, runtime.info.model, runtime.info.version))
+    config = ServerConfig(api_token=token, admin_token=settings.admin_secret(), max_batch=settings.serve_max_batch,
+                          max_wait_ms=settings.serve_max_wait_ms, max_body_bytes=settings.serve_max_body_bytes,
+                          max_rows=settings.serve_max_rows)
     app = InferenceApp(runtime, config, log)
     # Everything loaded so far lives as long as the process: keep it out of the cyclic GC,
     # whose full passes over the model and libraries otherwise stall requests (p99).

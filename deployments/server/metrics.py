@@ -79,7 +79,7 @@ class ServerMetrics:
         lines += ["# TYPE modelyard_rows_predicted_total counter",
                   f"modelyard_rows_predicted_total{{{self.labels}}} {self.rows_predicted}"]
         for key, value in sorted((log_stats or {}).items()):
-            kind = "gauge" if key == "queued" else "counter"
+            kind = "gauge" if key.startswith("queued") else "counter"
             name = f"modelyard_prediction_log_{key}" + ("" if kind == "gauge" else "_total")
             lines += [f"# TYPE {name} {kind}", f"{name}{{{self.labels}}} {value}"]
         return ("\n".join(lines) + "\n").encode()

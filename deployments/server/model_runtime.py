@@ -5,7 +5,7 @@ parity-verified ONNX graph, the MLflow pyfunc otherwise — behind one ``predict
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ class ColumnSpec:
 
     name: str
     type: str  # double | float | long | integer | boolean | string
-    required: bool = True
+    nullable: bool = False  # accepts missing values: the training data had some here
 
     @property
     def numeric(self) -> bool:
@@ -52,6 +52,8 @@ class VersionInfo:
 
 
 def read_signature(model_dir: Path) -> list[ColumnSpec]:
+    """The signature's columns; MLflow marks a column ``required: false`` when the data it was
+    inferred from had missing values there."""
     from mlflow.models import Model
 
     signature = Model.load(str(model_dir / "MLmodel")).signature
@@ -60,7 +62,7 @@ def read_signature(model_dir: Path) -> list[ColumnSpec]:
     columns = []
     for spec in signature.inputs.inputs:
         kind = getattr(spec.type, "name", str(spec.type))
-        columns.append(ColumnSpec(spec.name, str(kind), bool(getattr(spec, "required", True))))
+        columns.append(ColumnSpec(spec.name, str(kind), not getattr(spec, "required", True)))
     return columns
 
 
@@ -73,7 +75,6 @@ class ModelRuntime:
 
     def __init__(self, model_dir: Path, model: str = "", version: str = "", artifact_sha256: str | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.columns = read_signature(self.model_dir)
         serving_path = _find(self.model_dir, "serving.json")
         self.serving = json.loads(serving_path.read_text()) if serving_path else {"format": "pyfunc"}
         meta = self._registered_meta()
@@ -84,6 +85,12 @@ class ModelRuntime:
             artifact_sha256=artifact_sha256 or artifact_digest(self.model_dir),
             serving_format="onnx" if self.serving.get("format") == "onnx" and _find(self.model_dir, "model.onnx") else "pyfunc",
         )
+        self.columns = read_signature(self.model_dir)
+        if self.info.serving_format == "onnx":
+            # The build proves the graph on missing values (parity on rows with gaps) and lists
+            # the columns it proved; a column it did not prove refuses them.
+            proven = set(self.serving.get("nullable", []))
+            self.columns = [replace(c, nullable=c.nullable and c.name in proven) for c in self.columns]
         self.classes: list | None = None
         if self.info.serving_format == "onnx":
             self._load_onnx()
@@ -155,5 +162,8 @@ class ModelRuntime:
         """Run a few predictions on typical values so the first request is not slow."""
         sample = {c.name: (np.zeros(rows) if c.numeric else np.array(["warmup"] * rows, dtype=object))
                   for c in self.columns}
+        for column in self.columns:  # missing values take their own paths through some models
+            if column.nullable and column.numeric:
+                sample[column.name][::2] = np.nan
         for _ in range(3):
             self.predict(sample)

@@ -1,4 +1,5 @@
-"""What every deployment target offers: start a version, find it, stop it.
+"""What every deployment target offers: start a version (as N replicas), find its ready
+replicas, stop it.
 
 Strategies (blue/green, canary, shadow) and the router only use this interface, so a rollout
 works the same on local processes, Docker containers or Kubernetes.
@@ -9,17 +10,20 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from modelyard.processes import MAX_SOCKET_PATH
 from modelyard.settings import Settings
 
-# AF_UNIX paths are limited to 108 bytes including the terminating NUL on Linux.
-MAX_SOCKET_PATH = 104
+if TYPE_CHECKING:  # the resources package imports MLflow: seconds that `stack down` need not pay
+    from modelyard.resources.serving_state import ReplicaRecord
+
+READY_PROBE_TIMEOUT_S = 0.5
 
 
 class TargetError(RuntimeError):
@@ -27,20 +31,84 @@ class TargetError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """A running version: its own URL (health checks, direct probes) and, for the nginx router,
-    the unix socket it also listens on (``None`` where traffic goes elsewhere, e.g. Kubernetes)."""
+class Replica:
+    """One process (or container) of a version: its own URL (health checks, direct probes) and,
+    for the nginx router, the unix socket it also listens on (``None`` where traffic goes
+    elsewhere, e.g. Kubernetes)."""
 
-    model: str
-    version: str
+    index: int
     url: str
     port: int
     socket: str | None = None
+    handle: str = ""  # the target's name for it: a supervisord program, a container
+
+    def record(self) -> ReplicaRecord:
+        return {"index": self.index, "url": self.url, "port": self.port, "socket": self.socket, "handle": self.handle}
+
+    @classmethod
+    def of(cls, record: ReplicaRecord) -> Replica:
+        return cls(record["index"], record["url"], record["port"], record["socket"], record["handle"])
 
 
-def host_endpoint(settings: Settings, model: str, version: str, port: int, socket: str | None) -> Endpoint:
-    """A version listening on this host (a local process or a host-network container)."""
-    return Endpoint(model, version, f"http://{settings.host}:{port}", port, socket)
+@dataclass(frozen=True)
+class Endpoint:
+    """A running version and its ready replicas (at least one). ``url``, ``port`` and ``socket``
+    are the first replica's: enough for one direct probe."""
+
+    model: str
+    version: str
+    replicas: tuple[Replica, ...]
+
+    def __post_init__(self) -> None:
+        if not self.replicas:
+            raise ValueError(f"{self.model} v{self.version}: an endpoint has at least one replica")
+
+    @property
+    def url(self) -> str:
+        return self.replicas[0].url
+
+    @property
+    def port(self) -> int:
+        return self.replicas[0].port
+
+    @property
+    def socket(self) -> str | None:
+        return self.replicas[0].socket
+
+    @property
+    def urls(self) -> list[str]:
+        return [replica.url for replica in self.replicas]
+
+
+def host_replica(settings: Settings, index: int, port: int, socket: str | None, handle: str) -> Replica:
+    """A replica listening on this host (a local process or a host-network container)."""
+    return Replica(index, f"http://{settings.host}:{port}", port, socket, handle)
+
+
+def is_ready(url: str, timeout_s: float = READY_PROBE_TIMEOUT_S) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ready_endpoint(model: str, version: str, replicas: Iterable[Replica]) -> Endpoint | None:
+    """The version's endpoint with those of ``replicas`` that answer their readiness check now
+    (None if none does)."""
+    ready = tuple(replica for replica in replicas if is_ready(replica.url))
+    return Endpoint(model, version, ready) if ready else None
+
+
+def desired_replicas(settings: Settings, model: str, version: str) -> int:
+    """How many replicas the version's own spec asks for (``serving.replicas``; 1 without a spec)."""
+    from modelyard.resources import get_resources
+    from modelyard.resources.registry import version_spec
+
+    try:
+        spec = version_spec(get_resources(settings).registry, model, version)
+    except Exception as error:  # noqa: BLE001 - the registry's own errors: say what was being read
+        raise TargetError(f"reading serving.replicas of {model} v{version} from its spec failed: {error}") from error
+    return spec.serving.replicas if spec is not None else 1
 
 
 def free_port(host: str) -> int:
@@ -50,20 +118,23 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(endpoint: Endpoint, timeout_s: float, exited: Callable[[], bool]) -> bool:
-    """Poll the version's readiness endpoint until it answers 200 (True), the process or
-    container behind it has exited (False at once), or ``timeout_s`` passes (False)."""
+def wait_ready(replicas: Iterable[Replica], timeout_s: float, exited: Callable[[Replica], bool]) -> Replica | None:
+    """Poll every replica's readiness endpoint until all answer 200 (None), one of them has
+    exited (that one, at once), or ``timeout_s`` passes (the first one still not ready)."""
+    waiting = list(replicas)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if exited():
-            return False
-        try:
-            if httpx.get(f"{endpoint.url}/v2/health/ready", timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
+    while waiting:
+        for replica in list(waiting):
+            if exited(replica):
+                return replica
+            if is_ready(replica.url, timeout_s=1.0):
+                waiting.remove(replica)
+        if not waiting:
+            return None
+        if time.monotonic() >= deadline:
+            return waiting[0]
         time.sleep(0.2)
-    return False
+    return None
 
 
 class Target(Protocol):
@@ -81,9 +152,9 @@ def model_key(model: str) -> str:
     return hashlib.sha1(model.encode()).hexdigest()[:10]
 
 
-def socket_path(settings: Settings, model: str, version: str) -> Path:
-    """Where a version's server listens for the router; checked against the AF_UNIX limit."""
-    path = settings.state_dir / "sock" / f"{model_key(model)}-v{version}.sock"
+def socket_path(settings: Settings, model: str, version: str, replica: int = 0) -> Path:
+    """Where a replica of a version listens for the router; checked against the AF_UNIX limit."""
+    path = settings.state_dir / "sock" / f"{model_key(model)}-v{version}-r{replica}.sock"
     if len(str(path)) > MAX_SOCKET_PATH:
         raise TargetError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes: use a shorter MODELYARD_STATE_DIR")
     return path

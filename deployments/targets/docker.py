@@ -1,5 +1,7 @@
 """The ``docker`` target: each model version is an image ``modelyard/<model>:v<version>`` built
-offline from the registered artifact, run as a host-network container beside the stack.
+offline from the registered artifact, run as N host-network containers (``serving.replicas``)
+beside the stack, each restarted by Docker when it exits (``unless-stopped``) and health-checked
+by Docker on its readiness route (the image's ``HEALTHCHECK``).
 
 The image carries the model files and the sha256 the registry recorded for them; the server in
 it refuses to start if they differ. Building needs no registry and no network inside the build:
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from deployments.targets.base import Endpoint, TargetError, free_port, host_endpoint, model_key, socket_path, wait_ready
+from deployments.targets.base import (Endpoint, Replica, TargetError, desired_replicas, free_port, host_replica, model_key,
+                                      ready_endpoint, socket_path, wait_ready)
 from modelyard.catalog import TAG_ARTIFACT_SHA256, Action
 from modelyard.settings import Settings
 
@@ -42,7 +45,8 @@ SERVING_PACKAGES = (
 )
 # The server's own code, relative to the project: nothing else goes into an image.
 APP_FILES = ("deployments/__init__.py", "deployments/server", "modelyard/__init__.py",
-             "modelyard/settings.py", "modelyard/integrity.py", "modelyard/catalog.py", "modelyard/onnx_feed.py")
+             "modelyard/settings.py", "modelyard/integrity.py", "modelyard/catalog.py", "modelyard/onnx_feed.py",
+             "modelyard/ledger.py")
 DOCKERFILE = Path("infra/docker/Dockerfile.model")
 
 LABEL_MODEL = "org.modelyard.model"
@@ -51,10 +55,14 @@ LABEL_SHA256 = "org.modelyard.artifact_sha256"
 LABEL_STACK = "org.modelyard.stack"
 LABEL_PORT = "org.modelyard.port"
 LABEL_SOCKET = "org.modelyard.socket"
+LABEL_REPLICA = "org.modelyard.replica"
 
 TAG_IMAGE = "modelyard.docker.image"
 TAG_DIGEST = "modelyard.docker.digest"
 STOP_TIMEOUT_S = 30
+# Docker restarts a container whose server exits, with its own growing delay; `docker stop` (a
+# rollout retiring a version) is not undone.
+RESTART_POLICY = {"Name": "unless-stopped"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,8 @@ def stack_key(settings: Settings) -> str:
     return hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:10]
 
 
-def container_name(settings: Settings, model: str, version: str) -> str:
-    return f"modelyard-{slug(model)[:60]}-v{version}-{stack_key(settings)}"
+def container_name(settings: Settings, model: str, version: str, replica: int = 0) -> str:
+    return f"modelyard-{slug(model)[:60]}-v{version}-r{replica}-{stack_key(settings)}"
 
 
 # ---------------------------------------------------------------------------- wheelhouse
@@ -212,8 +220,10 @@ class DockerTarget:
 
     name = "docker"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, replicas: int | None = None) -> None:
+        """``replicas``: how many containers per version; by default what the version's spec says."""
         self.settings = settings
+        self.replica_count = replicas
 
     @cached_property
     def client(self):
@@ -298,63 +308,102 @@ class DockerTarget:
         labels = [f"{LABEL_MODEL}={model}", f"{LABEL_VERSION}={version}", f"{LABEL_STACK}={stack_key(self.settings)}"]
         return self.client.containers.list(all=not running_only, filters={"label": labels})
 
-    def endpoint(self, model: str, version: str) -> Endpoint | None:
-        """The running endpoint of a version, found by the labels of its container."""
-        for container in self._containers(model, version):
-            port = int(container.labels[LABEL_PORT])
-            return host_endpoint(self.settings, model, version, port, container.labels.get(LABEL_SOCKET) or None)
-        return None
+    @staticmethod
+    def _replica(settings: Settings, container) -> Replica:
+        labels = container.labels
+        return host_replica(settings, int(labels.get(LABEL_REPLICA, 0)), int(labels[LABEL_PORT]),
+                            labels.get(LABEL_SOCKET) or None, container.name)
 
-    def _run(self, model: str, version: str, image: ImageRef, port: int, uds: Path, logs: Path):
-        """The version's container: host network, its socket and log folders at the host's paths."""
+    def endpoint(self, model: str, version: str) -> Endpoint | None:
+        """The version with its ready replicas, found by the labels of its running containers."""
+        replicas = sorted((self._replica(self.settings, c) for c in self._containers(model, version)),
+                          key=lambda r: r.index)
+        return ready_endpoint(model, version, replicas)
+
+    def _run(self, model: str, version: str, image: ImageRef, replica: Replica, logs: Path):
+        """One replica's container: host network, its socket and log folders at the host's paths."""
+        uds = Path(replica.socket)
         return self.client.containers.run(
-            image.id, detach=True, name=container_name(self.settings, model, version), network_mode="host",
-            environment={**self.settings.child_env(), "PORT": str(port), "UDS": str(uds)},
+            image.id, detach=True, name=replica.handle, network_mode="host",
+            environment={**self.settings.child_env(), "PORT": str(replica.port), "UDS": str(uds)},
             # Same paths inside and out: the socket the router connects to, the log the monitor reads.
             volumes={str(uds.parent): {"bind": str(uds.parent), "mode": "rw"},
                      str(logs): {"bind": str(logs), "mode": "rw"}},
             labels={LABEL_MODEL: model, LABEL_VERSION: str(version), LABEL_STACK: stack_key(self.settings),
-                    LABEL_PORT: str(port), LABEL_SOCKET: str(uds)},
-            stop_signal="SIGTERM")
+                    LABEL_PORT: str(replica.port), LABEL_SOCKET: str(uds), LABEL_REPLICA: str(replica.index)},
+            # Docker's health check is the image's (infra/docker/Dockerfile.model): the readiness route.
+            restart_policy=RESTART_POLICY, stop_signal="SIGTERM")
 
     def start(self, model: str, version: str, timeout_s: float = 180) -> Endpoint:
-        """Run the version's image (built when needed) and wait until it is ready."""
+        """Run N containers of the version's image (built when needed) and wait until every one
+        is ready."""
         import docker.errors
 
         running = self.endpoint(model, version)
-        if running is not None:
+        count = self.replica_count or desired_replicas(self.settings, model, version)
+        if running is not None and len(running.replicas) == count:
             return running
-        self.stop(model, version)  # an exited container of this version would hold its name
+        self.stop(model, version)  # exited containers of this version would hold their names
         image = self.ensure_image(model, version)
-        port = free_port(self.settings.host)
-        uds = socket_path(self.settings, model, version)
-        uds.parent.mkdir(parents=True, exist_ok=True)
         logs = self.settings.prediction_log_dir
         logs.mkdir(parents=True, exist_ok=True)
+        replicas = [host_replica(self.settings, index, free_port(self.settings.host),
+                                 str(socket_path(self.settings, model, version, index)),
+                                 container_name(self.settings, model, version, index)) for index in range(count)]
+        containers = {}
         try:
-            container = self._run(model, version, image, port, uds, logs)
+            for replica in replicas:
+                Path(replica.socket).parent.mkdir(parents=True, exist_ok=True)
+                containers[replica.handle] = self._run(model, version, image, replica, logs)
         except docker.errors.APIError as error:
-            raise TargetError(f"{model} v{version} could not start: {error.explanation or error}") from error
-        endpoint = host_endpoint(self.settings, model, version, port, str(uds))
-
-        def exited() -> bool:
-            container.reload()
-            return container.status in {"exited", "dead"}
-
-        if wait_ready(endpoint, timeout_s, exited):
-            return endpoint
-        if container.status in {"exited", "dead"}:
-            tail = _log_tail(container)
             self.stop(model, version)
-            raise TargetError(f"{model} v{version} exited during start-up: {tail}")
-        tail = _log_tail(container)
+            raise TargetError(f"{model} v{version} could not start: {error.explanation or error}") from error
+        self._serving().record_replicas(model, version, self.name, [r.record() for r in replicas])
+
+        def exited(replica: Replica) -> bool:
+            container = containers[replica.handle]
+            container.reload()
+            # A server that exits is restarted by the policy: any restart during start-up is a failure.
+            return container.status in {"exited", "dead", "restarting"} or container.attrs.get("RestartCount", 0) > 0
+
+        failed = wait_ready(replicas, timeout_s, exited)
+        if failed is None:
+            return Endpoint(model, version, tuple(replicas))
+        tail = _log_tail(containers[failed.handle])
+        crashed = exited(failed)
         self.stop(model, version)
+        if crashed:
+            raise TargetError(f"{model} v{version} exited during start-up: {tail}")
         raise TargetError(f"{model} v{version} was not ready after {timeout_s:.0f} s: {tail}")
 
-    def stop(self, model: str, version: str) -> bool:
-        """Stop the version's container gracefully (SIGTERM, then SIGKILL after 30 s) and remove it."""
+    def _serving(self):
+        from modelyard.resources import get_resources
+
+        return get_resources(self.settings).serving
+
+    def restart_replica(self, handle: str, hung: bool, pid: int | None = None) -> str:
+        """Have a lost replica started again; what was done. A hung container is restarted at
+        once (killed, no grace); one that exited is left to the restart policy unless Docker
+        gave up on it."""
         import docker.errors
 
+        try:
+            container = self.client.containers.get(handle)
+        except docker.errors.NotFound:
+            return "gone"
+        if hung and container.status == "running":
+            container.restart(timeout=0)
+            return "restarted"
+        if container.status in {"exited", "dead", "created"}:
+            container.start()
+            return "started"
+        return f"left to Docker ({container.status})"
+
+    def stop(self, model: str, version: str) -> bool:
+        """Stop the version's containers gracefully (SIGTERM, then SIGKILL after 30 s) and remove them."""
+        import docker.errors
+
+        self._serving().forget_replicas(model, version)  # the watchdog lets them go first
         stopped = False
         for container in self._containers(model, version, running_only=False):
             try:

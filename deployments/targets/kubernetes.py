@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from deployments.targets.base import Endpoint, TargetError
+from deployments.targets.base import Endpoint, Replica, TargetError
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
 
@@ -482,7 +482,8 @@ class KubernetesTarget:
     def _endpoint(self, spec: ModelSpec, version: str) -> Endpoint:
         name = deployment_name(spec.name, version)
         url = f"http://{name}.{spec.serving.kubernetes.namespace}.svc.cluster.local:{SERVICE_PORT}"
-        return Endpoint(spec.name, version, url, SERVICE_PORT, None)
+        # One entry: the version's Service spreads requests over its ready pods itself.
+        return Endpoint(spec.name, version, (Replica(0, url, SERVICE_PORT, None, name),))
 
     def endpoint(self, model: str, version: str) -> Endpoint | None:
         """The version's own in-cluster URL, if its Deployment exists and has an available pod."""

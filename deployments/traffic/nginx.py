@@ -1,10 +1,15 @@
 """nginx on loopback as each model's stable endpoint, switched without reloads.
 
 Every model gets a server block on its own port whose upstream is a fixed ring of
-``SLOTS`` unix-socket *slots*. Each slot is a symlink to the socket of one running version;
-nginx opens a new upstream connection per request, so re-pointing a slot (an atomic
+``SLOTS`` unix-socket *slots*. Each slot is a symlink to the socket of one replica of a running
+version; nginx opens a new upstream connection per request, so re-pointing a slot (an atomic
 ``rename``) moves the next request and leaves in-flight ones alone. Weights are slot counts:
-with 20 slots, a 10% canary owns 2 of them.
+with 20 slots, a 10% canary owns 2 of them; a version's slots alternate over its live replicas.
+
+A request that meets a dead replica (refused, or cut off mid-request) is retried on the next
+slot: inference is safe to retry. The watchdog re-points a dead or hung replica's slots to its
+version's live replicas (``set_replica``), and kills a hung one, which turns its in-flight
+requests into retried ones.
 
 Why not ``nginx -s reload``: a reload makes the old workers close every idle keep-alive
 client connection, and a client that sends its next request at that instant sees the
@@ -15,11 +20,14 @@ first time.
 Shadow traffic: every request is mirrored (``mirror``) to the model's shadow slot, which
 points at nginx's own null socket (answers 204 at once) until a shadow version is attached.
 Both the primary and the mirror carry the same ``X-Request-ID`` so that predictions can be
-compared by request id; the client only ever sees the primary's answer.
+compared by request id, and the router's own id of the request (``X-Modelyard-Trace``,
+nginx's ``$request_id``, replacing any client value); the client only ever sees the primary's
+answer.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -27,13 +35,19 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from deployments.targets.base import MAX_SOCKET_PATH, Endpoint, model_key
-from modelyard.catalog import SHADOW_HEADER
+from deployments.targets.base import Endpoint, model_key
+from modelyard.catalog import SHADOW_HEADER, TRACE_HEADER
+from modelyard.processes import MAX_SOCKET_PATH
 from modelyard.settings import Settings
 
 SLOTS = 20
+UPSTREAM_CONNECT_TIMEOUT_S = 1
+# No retry starts later than this after the first try (a slow answer is not retried forever).
+RETRY_WINDOW_S = 10
 
 
 class TrafficError(RuntimeError):
@@ -74,10 +88,36 @@ def slot_layout(weights: dict[str, int], slots: int = SLOTS) -> list[str]:
     return [b if b is not None else majority for b in layout]
 
 
+def spread_replicas(layout: list[str], replicas: dict[str, list[str]]) -> list[str]:
+    """The socket of each slot: each backend's slots take its ``replicas`` in turn, so that
+    neighbouring slots of one backend are different replicas (a retry moves to another one)."""
+    turn: dict[str, int] = {}
+    sockets = []
+    for backend in layout:
+        choices = replicas[backend]
+        if not choices:
+            raise ValueError(f"backend {backend} has no replica to point a slot at")
+        sockets.append(choices[turn.get(backend, 0) % len(choices)])
+        turn[backend] = turn.get(backend, 0) + 1
+    return sockets
+
+
+def live_replicas(replicas: dict[str, list[str]], down: set[str]) -> dict[str, list[str]]:
+    """Each backend's replicas that are not down; all of them when every one is (its slots then
+    stay where they are, and answer again as soon as a restarted replica listens)."""
+    return {backend: [s for s in sockets if s not in down] or list(sockets) for backend, sockets in replicas.items()}
+
+
 def render_model_conf(model: str, listen_host: str, listen_port: int, slot_dir: Path, slots: int = SLOTS) -> str:
     """The server block of one model: a ring of slot sockets, a shadow slot and a mirror."""
     upstream = f"model_{_safe(model)}"
     servers = "\n".join(f"    server unix:{slot_dir / f'{i:02d}'} max_fails=0;" for i in range(slots))
+    # Each try on a dead replica fails at once (refused); with every slot allowed, a request
+    # finds a live replica however many of the slots it meets first point at the dead one.
+    retries = f"""proxy_next_upstream error timeout non_idempotent http_502 http_503;
+        proxy_next_upstream_tries {slots};
+        proxy_next_upstream_timeout {RETRY_WINDOW_S}s;
+        proxy_connect_timeout {UPSTREAM_CONNECT_TIMEOUT_S}s;"""
     return f"""# {model}: rendered by modelyard; do not edit. Traffic moves by re-pointing the slots in
 # {slot_dir}, not by editing this file.
 upstream {upstream} {{
@@ -96,10 +136,10 @@ server {{
         proxy_http_version 1.1;
         proxy_set_header Connection "close";
         proxy_set_header X-Request-ID $modelyard_request_id;
-        # Inference is idempotent: a request that met a version going away is retried on
-        # another slot instead of failing.
-        proxy_next_upstream error timeout non_idempotent http_502 http_503;
-        proxy_next_upstream_tries 4;
+        proxy_set_header {TRACE_HEADER} $request_id;
+        # Inference is idempotent: a request that met a replica or a version going away is
+        # retried on another slot instead of failing.
+        {retries}
     }}
     location = /_modelyard_shadow {{
         internal;
@@ -107,6 +147,7 @@ server {{
         proxy_http_version 1.1;
         proxy_set_header Connection "close";
         proxy_set_header X-Request-ID $modelyard_request_id;
+        proxy_set_header {TRACE_HEADER} $request_id;
         proxy_set_header {SHADOW_HEADER} "1";
         proxy_connect_timeout 1s;
         proxy_read_timeout 5s;
@@ -121,6 +162,12 @@ def _point(link: Path, target: str) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target)
     os.replace(tmp, link)
+
+
+def _repoint(link: Path, target: str) -> None:
+    """``_point``, only when ``link`` points elsewhere now."""
+    if not link.is_symlink() or os.readlink(link) != target:
+        _point(link, target)
 
 
 class NginxRouter:
@@ -201,14 +248,30 @@ http {{
         return path
 
     def state(self, model: str) -> dict:
+        """The model's routing as last set: ``weights`` (version → percent), ``replicas``
+        (version → its replicas' sockets), ``down`` (sockets taken out of the route),
+        ``shadow`` and ``shadow_replicas``."""
         try:
             return json.loads((self.models_dir / f"{model}.json").read_text())
         except FileNotFoundError:
             return {}
 
-    def _save_state(self, model: str, **changes) -> None:
-        state = self.state(model) | changes | {"changed_at": time.time()}
-        (self.models_dir / f"{model}.json").write_text(json.dumps(state))
+    def _save_state(self, model: str, state: dict) -> None:
+        path = self.models_dir / f"{model}.json"
+        staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps(state | {"changed_at": time.time()}))
+        os.replace(staged, path)
+
+    @contextmanager
+    def _locked(self, model: str) -> Iterator[None]:
+        """One change of a model's slots at a time (a rollout and the watchdog may both move them)."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.models_dir / f"{model}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def stable_port(self, model: str) -> int:
         port = self.state(model).get("port")
@@ -242,25 +305,43 @@ http {{
             conf.write_text(text)
             changed = True
         if not self.state(model):
-            self._save_state(model, port=port, weights={}, sockets={}, shadow=None)
+            self._save_state(model, {"port": port, "weights": {}, "replicas": {}, "down": [], "shadow": None,
+                                     "shadow_replicas": []})
         self._apply(changed)
         return self.url(model)
 
-    def route(self, model: str, weights: dict[Endpoint, int]) -> str:
-        """Send ``model``'s traffic to endpoints by percentage (summing to 100): each slot is
-        re-pointed atomically; requests already in flight finish where they are."""
-        url = self.ensure(model)
-        by_version = {e.version: e for e in weights}
-        for endpoint in weights:
-            if not endpoint.socket:
-                raise TrafficError(f"{model} v{endpoint.version} has no unix socket for the router")
-        layout = slot_layout({e.version: w for e, w in weights.items()})
+    def _render(self, model: str, state: dict) -> None:
+        """Point every slot (and the shadow slot) as ``state`` says, skipping down replicas."""
+        down = set(state.get("down", []))
         slot_dir = self.slot_dir(model)
-        for index, version in enumerate(layout):
-            _point(slot_dir / f"{index:02d}", by_version[version].socket)
-        self._save_state(model, port=self.stable_port(model),
-                         weights={e.version: w for e, w in weights.items() if w > 0},
-                         sockets={e.version: e.socket for e in weights})
+        weights = state.get("weights") or {}
+        replicas = state.get("replicas") or {}
+        if weights and all(replicas.get(version) for version in weights):
+            layout = slot_layout(weights)
+            for index, target in enumerate(spread_replicas(layout, live_replicas(replicas, down))):
+                _repoint(slot_dir / f"{index:02d}", target)
+        shadow = live_replicas({"shadow": state.get("shadow_replicas") or []}, down)["shadow"]
+        _repoint(slot_dir / "shadow", shadow[0] if state.get("shadow") and shadow else str(self.null_socket))
+
+    def route(self, model: str, weights: dict[Endpoint, int]) -> str:
+        """Send ``model``'s traffic to endpoints by percentage (summing to 100), spread over each
+        endpoint's replicas: each slot is re-pointed atomically; requests already in flight
+        finish where they are."""
+        url = self.ensure(model)
+        for endpoint in weights:
+            if any(not replica.socket for replica in endpoint.replicas):
+                raise TrafficError(f"{model} v{endpoint.version} has no unix socket for the router")
+        slot_layout({e.version: w for e, w in weights.items()})  # refuses bad weights before anything moves
+        with self._locked(model):
+            state = self.state(model)
+            replicas = {e.version: [r.socket for r in e.replicas] for e in weights}
+            # The endpoints' replicas were just found ready: none of them is down.
+            ready = {s for sockets in replicas.values() for s in sockets}
+            down = set(state.get("down", [])) & set(state.get("shadow_replicas") or []) - ready
+            state.update(port=self.stable_port(model), weights={e.version: w for e, w in weights.items() if w > 0},
+                         replicas=replicas, down=sorted(down))
+            self._render(model, state)
+            self._save_state(model, state)
         return url
 
     def weights(self, model: str) -> dict[str, int]:
@@ -270,8 +351,40 @@ http {{
     def shadow(self, model: str, endpoint: Endpoint | None) -> None:
         """Mirror every request of ``model`` to ``endpoint`` (``None``: mirror to nowhere)."""
         self.ensure(model)
-        target = endpoint.socket if endpoint is not None else str(self.null_socket)
-        if endpoint is not None and not target:
+        if endpoint is not None and any(not replica.socket for replica in endpoint.replicas):
             raise TrafficError(f"{model} v{endpoint.version} has no unix socket for the router")
-        _point(self.slot_dir(model) / "shadow", target)
-        self._save_state(model, shadow=endpoint.version if endpoint is not None else None)
+        with self._locked(model):
+            state = self.state(model)
+            state.update(shadow=endpoint.version if endpoint is not None else None,
+                         shadow_replicas=[r.socket for r in endpoint.replicas] if endpoint is not None else [])
+            self._render(model, state)
+            self._save_state(model, state)
+
+    def set_replica(self, model: str, version: str, socket_path: str, live: bool) -> bool:
+        """Take a replica of ``version`` out of the model's route (``live=False``: its slots go to
+        the version's live replicas) or put it in (``live=True``, also a replica the version's
+        endpoint did not have when it was routed). Idempotent (the watchdog asserts it on every
+        probe); True if the routing changed."""
+        with self._locked(model):
+            state = self.state(model)
+            if not state:
+                return False
+            changed = json.loads(json.dumps(state))
+            down = set(changed.get("down", []))
+            if live:
+                down.discard(socket_path)
+                replicas = changed.setdefault("replicas", {})
+                if version in (changed.get("weights") or {}) and socket_path not in replicas.get(version, []):
+                    replicas[version] = sorted([*replicas.get(version, []), socket_path])
+                shadowed = changed.get("shadow_replicas") or []
+                if changed.get("shadow") == version and socket_path not in shadowed:
+                    changed["shadow_replicas"] = sorted([*shadowed, socket_path])
+            elif socket_path in {s for sockets in changed.get("replicas", {}).values() for s in sockets} | set(
+                    changed.get("shadow_replicas") or []):
+                down.add(socket_path)
+            changed["down"] = sorted(down)
+            if changed == state:
+                return False
+            self._render(model, changed)
+            self._save_state(model, changed)
+            return True

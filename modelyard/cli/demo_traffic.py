@@ -1,6 +1,7 @@
 """Live traffic and delayed labels for the demo, so that gates and the monitor have something to
-judge: single-row requests against a model's stable endpoint, each with its own ``X-Request-ID``
-for the labels to join; a failed request is counted, never raised.
+judge: single-row requests against a model's stable endpoint, each with its own ``X-Request-ID``;
+the labels go back keyed by the prediction id each answer carried (``PREDICTION_ID_HEADER``),
+as a client that learns outcomes later would send them. A failed request is counted, never raised.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Self
 
 import httpx
 import pandas as pd
+
+from modelyard.catalog import PREDICTION_ID_HEADER
 
 
 def model_inputs(url: str, headers: dict[str, str] | None = None) -> list[str]:
@@ -57,8 +60,8 @@ class TrafficGenerator(_Background):
         self.columns = model_inputs(url, self.headers)
         self.id_column = id_column
         self.statuses: Counter = Counter()
-        self.sent_ids: list[str] = []
-        self.sent_at: list[float] = []
+        # (sent at, request id, the server's prediction id) of every answered request, in order
+        self.answered: list[tuple[float, str, str]] = []
         self.switched_at: float | None = None
         self._lock = threading.Lock()
         self._load(frame)
@@ -86,13 +89,15 @@ class TrafficGenerator(_Background):
                     self._index += 1
                     request_id = self.ids[row] if self.ids else uuid.uuid4().hex
                     body = {"dataframe_split": {"columns": self.columns, "data": [self.rows[row]]}}
+                sent_at = time.time()
                 try:
                     response = client.post(f"{self.url}/invocations", json=body, headers={"X-Request-ID": request_id})
                     self.statuses[response.status_code] += 1
+                    prediction_id = response.headers.get(PREDICTION_ID_HEADER)
+                    if response.status_code == 200 and prediction_id:
+                        self.answered.append((sent_at, request_id, prediction_id))
                 except httpx.HTTPError as error:
                     self.statuses[type(error).__name__] += 1
-                self.sent_ids.append(request_id)
-                self.sent_at.append(time.time())
                 next_at += interval
                 delay = next_at - time.monotonic()
                 if delay > 0:
@@ -112,7 +117,8 @@ class TrafficGenerator(_Background):
 class LabelFeeder(_Background):
     """Delayed labels, as a fraud team's case outcomes would arrive: every ``every_s``, the
     labels of requests sent more than ``delay_s`` ago are written as one Parquet file to
-    ``directory`` (request_id, target) — what the monitor and retrain join by request id."""
+    ``directory`` (prediction_id, target) — what the monitor and retrain join on. ``truth``
+    maps the request ids the traffic sends (unique transaction ids) to their outcome."""
 
     def __init__(self, traffic: TrafficGenerator, truth: dict[str, int], target: str, directory: Path | str,
                  delay_s: float = 15.0, every_s: float = 10.0) -> None:
@@ -128,16 +134,17 @@ class LabelFeeder(_Background):
 
     def _flush(self) -> None:
         cutoff = time.time() - self.delay_s
-        sent_at, sent_ids = self.traffic.sent_at, self.traffic.sent_ids
+        answered = self.traffic.answered
         upto = self._done
-        while upto < len(sent_at) and sent_at[upto] <= cutoff:
+        while upto < len(answered) and answered[upto][0] <= cutoff:
             upto += 1
-        ids = [i for i in sent_ids[self._done:upto] if i in self.truth]
-        if ids:
+        due = [(prediction_id, self.truth[request_id]) for _, request_id, prediction_id in answered[self._done:upto]
+               if request_id in self.truth]
+        if due:
             self.directory.mkdir(parents=True, exist_ok=True)
-            frame = pd.DataFrame({"request_id": ids, self.target: [self.truth[i] for i in ids]})
+            frame = pd.DataFrame(due, columns=["prediction_id", self.target])
             frame.to_parquet(self.directory / f"labels-{int(time.time() * 1000)}.parquet", index=False)
-            self.written += len(ids)
+            self.written += len(due)
         self._done = upto
 
     def _run(self) -> None:

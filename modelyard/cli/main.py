@@ -261,6 +261,7 @@ def demo(
     deployed by the registry event alone; live traffic with delayed labels; drift injected;
     the monitor detects it, the event starts a retrain, the new version is evaluated, promoted
     and rolled out by canary. Ends with MTTD, time to recovery and links."""
+    import shutil
     import time
 
     from modelyard.cli.runs import flow_run_url, run_deployment_and_wait
@@ -297,8 +298,10 @@ def demo(
 
     population = generate_transactions(n_rows=20000, seed=7, start="2026-02-01").sample(frac=1.0, random_state=1)
     truth = dict(zip(population["transaction_id"].astype(str), population["is_fraud"].astype(int), strict=True))
+    labels_dir = settings.state_dir / "labels" / model
+    shutil.rmtree(labels_dir, ignore_errors=True)  # an earlier demo's labels name none of this run's predictions
     traffic = TrafficGenerator(endpoint, population, rate=40, id_column="transaction_id").start()
-    labels = LabelFeeder(traffic, truth, spec.data.target, settings.state_dir / "labels" / model).start()
+    labels = LabelFeeder(traffic, truth, spec.data.target, labels_dir).start()
     outcome: dict = {}
     try:
         step("live traffic at ~40 requests/s; labels arrive 15 s late; the monitor judges every "

@@ -1,6 +1,7 @@
-"""The embedded stack (Prefect server, MLflow server, worker, registry bridge, deployments):
+"""The embedded stack (Prefect server, MLflow server, worker, registry bridge, serving watchdog,
+deployments), every process a program of the stack's supervisord (modelyard/processes.py):
 ``up`` starts what is not running and fails naming the log of a component that does not come
-up; ``down`` stops only what ``up`` recorded.
+up; ``down`` stops only what ``up`` started, serving replicas and nginx included.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import yaml
 
-from modelyard.processes import ProcessRecord, ProcessTable, port_in_use
+from modelyard.processes import EXITED_STATES, ProcessInfo, Program, stack_supervisor, port_in_use
 from modelyard.settings import Settings
 from modelyard.webhooks import ensure_registry_webhook, mlflow_secret_encryption_key
 
@@ -27,7 +28,10 @@ PREFECT_SERVER = "prefect-server"
 MLFLOW_SERVER = "mlflow-server"
 PREFECT_WORKER = "prefect-worker"
 REGISTRY_BRIDGE = "registry-bridge"
-PROCESS_COMPONENTS = (PREFECT_WORKER, REGISTRY_BRIDGE, MLFLOW_SERVER, PREFECT_SERVER)  # stop order
+WATCHDOG = "watchdog"
+PROCESS_COMPONENTS = (WATCHDOG, PREFECT_WORKER, REGISTRY_BRIDGE, MLFLOW_SERVER, PREFECT_SERVER)  # stop order, by PRIORITY
+# supervisord starts low priorities first and stops high ones first (serving replicas: 900).
+PRIORITY = {PREFECT_SERVER: 100, MLFLOW_SERVER: 200, REGISTRY_BRIDGE: 300, PREFECT_WORKER: 400, WATCHDOG: 950}
 
 Progress = Callable[[str], None]
 
@@ -59,7 +63,7 @@ class Stack:
 
     def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
         self.settings = settings
-        self.processes = ProcessTable(settings.run_dir, settings.logs_dir)
+        self.processes = stack_supervisor(settings)
         self._progress = progress or (lambda message: None)
 
     # -- environment of the child processes -------------------------------------------------
@@ -70,40 +74,36 @@ class Stack:
         env.update(self.settings.prefect_client_env())
         return env
 
-    def _prefect_server_env(self) -> dict[str, str]:
+    def _supervisor_env(self) -> dict[str, str]:
+        """What supervisord, and so every program, inherits: the base environment and what only
+        one server needs but holds a secret (its database URL, a key): kept in memory, never in
+        a program file nor on a command line."""
         env = self._base_env()
-        env.update(
-            {
-                "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.prefect_database_url,
-                "PREFECT_UI_API_URL": self.settings.prefect_api_url,
-                "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-                # Monitor schedules are added while the stack runs (one per deployed model):
-                # the scheduler picks them up within 10 s instead of its default minute.
-                "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
-            }
-        )
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.settings.prefect_database_url
+        env["MLFLOW_BACKEND_STORE_URI"] = self.settings.mlflow_backend_uri  # `mlflow server --backend-store-uri`
+        env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] = mlflow_secret_encryption_key(self.settings)
         return env
 
-    def _worker_env(self) -> dict[str, str]:
-        env = self._base_env()
-        # Event-triggered runs (deploy on a registry event, retrain on an alert) wait for the
-        # worker's next poll: every 2 s instead of Prefect's 10 s. One small query on loopback.
-        env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
-        return env
+    # Per-program additions (no secrets: they are written into the program's include file).
+    PREFECT_SERVER_ENV = {
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        # Monitor schedules are added while the stack runs (one per deployed model):
+        # the scheduler picks them up within 10 s instead of its default minute.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
+    }
+    # Event-triggered runs (deploy on a registry event, retrain on an alert) wait for the
+    # worker's next poll: every 2 s instead of Prefect's 10 s. One small query on loopback.
+    WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+    MLFLOW_ENV = {
+        # Registry webhooks to the loopback bridge (never in production).
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        # The job runner starts 7 extra processes we do not use on 2 cores.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
 
-    def _mlflow_env(self) -> dict[str, str]:
-        env = self._base_env()
-        env.update(
-            {
-                # Registry webhooks to the loopback bridge (never in production).
-                "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-                "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-                # The job runner starts 7 extra processes we do not use on 2 cores.
-                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": mlflow_secret_encryption_key(self.settings),
-            }
-        )
-        return env
+    def _program(self, name: str, command: list[str], environment: dict[str, str] | None = None) -> Program:
+        return Program(name, command, self.settings.project_dir, environment or {}, priority=PRIORITY[name])
 
     # -- health ---------------------------------------------------------------------------
 
@@ -135,6 +135,12 @@ class Stack:
     @property
     def worker_name(self) -> str:
         return f"modelyard-{self.settings.work_pool}"
+
+    def watchdog_healthy(self) -> bool:
+        from deployments.watchdog import heartbeat_age
+
+        age = heartbeat_age(self.settings)
+        return age is not None and age < 5.0
 
     def worker_online(self) -> bool:
         from prefect.exceptions import ObjectNotFound
@@ -186,9 +192,12 @@ class Stack:
         else:
             self._check_sqlite_stores()
 
+        if self.processes.start(self._supervisor_env()):
+            self._progress(f"started supervisord ({self.processes.socket})")
         started = []
-        started.append(self._start_server(PREFECT_SERVER, self.settings.prefect_port, self._prefect_command(), self._prefect_server_env()))
-        started.append(self._start_server(MLFLOW_SERVER, self.settings.mlflow_port, self._mlflow_command(), self._mlflow_env()))
+        started.append(self._start_server(PREFECT_SERVER, self.settings.prefect_port, self._prefect_command(),
+                                          {**self.PREFECT_SERVER_ENV, "PREFECT_UI_API_URL": self.settings.prefect_api_url}))
+        started.append(self._start_server(MLFLOW_SERVER, self.settings.mlflow_port, self._mlflow_command(), self.MLFLOW_ENV))
         self._wait_all_healthy([(PREFECT_SERVER, started[0], self.prefect_healthy),
                                 (MLFLOW_SERVER, started[1], self.mlflow_healthy)])
 
@@ -196,10 +205,14 @@ class Stack:
         worker = None
         if self.processes.alive(PREFECT_WORKER) is None:
             self._progress(f"starting {PREFECT_WORKER} for pool '{self.settings.work_pool}'")
-            worker = self.processes.start(PREFECT_WORKER, self._worker_command(), self._worker_env(), self.settings.project_dir)
+            worker = self.processes.ensure(self._program(PREFECT_WORKER, self._worker_command(), self.WORKER_ENV))
         # The worker boots (seconds of imports) while the bridge starts and deployments register.
         bridge = self._start_server(REGISTRY_BRIDGE, self.settings.bridge_port,
-                                    [sys.executable, "-m", "deployments.bridge"], self._base_env())
+                                    [sys.executable, "-m", "deployments.bridge"])
+        watchdog = None
+        if self.processes.alive(WATCHDOG) is None:
+            self._progress(f"starting {WATCHDOG} (serving replicas)")
+            watchdog = self.processes.ensure(self._program(WATCHDOG, [sys.executable, "-m", "deployments.watchdog"]))
         self._wait_healthy(REGISTRY_BRIDGE, bridge, self.bridge_healthy)
         try:
             ensure_registry_webhook(self.settings)
@@ -208,6 +221,7 @@ class Stack:
                              f"MLflow's log: {self.processes.log_path(MLFLOW_SERVER)}") from error
         self._ensure_deployments()
         self._wait_healthy(PREFECT_WORKER, worker, self.worker_online)
+        self._wait_healthy(WATCHDOG, watchdog, self.watchdog_healthy)
         from modelyard.automations import ensure_notifications
 
         notifications = ensure_notifications(self.settings)
@@ -227,7 +241,6 @@ class Stack:
             _venv_bin("mlflow"), "server",
             "--host", self.settings.host, "--port", str(self.settings.mlflow_port),
             "--workers", "1",
-            "--backend-store-uri", self.settings.mlflow_backend_uri,
             "--artifacts-destination", str(self.settings.mlflow_artifacts_dir),
             "--serve-artifacts",
         ]
@@ -239,7 +252,8 @@ class Stack:
             "--name", self.worker_name,
         ]
 
-    def _start_server(self, name: str, port: int, command: list[str], env: dict[str, str]) -> ProcessRecord | None:
+    def _start_server(self, name: str, port: int, command: list[str],
+                      environment: dict[str, str] | None = None) -> ProcessInfo | None:
         if self.processes.alive(name) is not None:
             self._progress(f"{name} already running")
             return None
@@ -250,14 +264,26 @@ class Stack:
                 f"(MODELYARD_{ {PREFECT_SERVER: 'PREFECT', MLFLOW_SERVER: 'MLFLOW'}.get(name, 'BRIDGE') }_PORT)."
             )
         self._progress(f"starting {name} on {self.settings.host}:{port}")
-        return self.processes.start(name, command, env, self.settings.project_dir)
+        return self.processes.ensure(self._program(name, command, environment))
 
-    def _wait_healthy(self, name: str, started: ProcessRecord | None, healthy: Callable[[], bool]) -> None:
+    def _wait_healthy(self, name: str, started: ProcessInfo | None, healthy: Callable[[], bool]) -> None:
         self._wait_all_healthy([(name, started, healthy)])
 
-    def _wait_all_healthy(self, components: list[tuple[str, ProcessRecord | None, Callable[[], bool]]]) -> None:
+    def _exited(self, name: str, started: ProcessInfo | None) -> ProcessInfo | None:
+        """What supervisord says of ``name`` if it exited since it was started (or, for one that
+        already ran, if it is no longer alive); None while it lives."""
+        info = self.processes.info(name)
+        if info is None:
+            return ProcessInfo(name, "STOPPED", None, 0.0, 0, "not configured")
+        if started is None:
+            return None if info.alive else info
+        moved = started.pid is not None and info.pid is not None and info.pid != started.pid
+        return info if info.state in EXITED_STATES or moved else None
+
+    def _wait_all_healthy(self, components: list[tuple[str, ProcessInfo | None, Callable[[], bool]]]) -> None:
         """Wait for components starting side by side; the first that exits fails the start at
-        once, naming its log (not after the others are up, nor at the timeout)."""
+        once, naming its log (not after the others are up, nor at the timeout), and is stopped
+        there (supervisord would go on restarting it)."""
         waiting = list(components)
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while waiting and time.monotonic() < deadline:
@@ -267,17 +293,17 @@ class Stack:
                     self._progress(f"{name} healthy")
                     waiting.remove(component)
                     continue
-                record = started or self.processes.read(name)
-                if record is not None and record.process() is None:
-                    code = self.processes.exit_code(record) if started else None
+                exited = self._exited(name, started)
+                if exited is not None:
+                    self.processes.stop(name)
                     raise StackError(
                         f"{name} exited during start-up"
-                        + (f" with code {code}" if code is not None else "")
+                        + (f" with code {exited.exit_status}" if started is not None else "")
                         + f". Its log: {self.processes.log_path(name)}\n"
                         + self.processes.tail(name)
                     )
             if waiting:
-                time.sleep(0.5)
+                time.sleep(0.25)
         if waiting:
             name = waiting[0][0]
             raise StackError(
@@ -361,15 +387,18 @@ class Stack:
     # -- down and status ---------------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Stop the processes this stack started — model servers and nginx of deployments too;
-        return the names of those that were running."""
+        """Stop the processes this stack started — the watchdog first (it would restart what
+        stops), then model servers and nginx, then the rest with supervisord; return the names
+        of those that were running."""
+        from deployments.targets.local import LocalTarget
         from deployments.traffic.nginx import NginxRouter
 
         stopped = []
-        serving = ProcessTable(self.settings.state_dir / "serving" / "run", self.settings.logs_dir)
-        for pid_file in sorted((self.settings.state_dir / "serving" / "run").glob("*.pid.json")):
-            name = pid_file.name.removesuffix(".pid.json")
-            if serving.stop(name):
+        if self.processes.running():
+            if self.processes.stop(WATCHDOG):
+                self._progress(f"stopped {WATCHDOG}")
+                stopped.append(WATCHDOG)
+            for name in LocalTarget(self.settings).stop_all():
                 self._progress(f"stopped {name}")
                 stopped.append(name)
         router = NginxRouter(self.settings)
@@ -377,10 +406,9 @@ class Stack:
             router.stop()
             self._progress("stopped nginx")
             stopped.append("nginx")
-        for name in PROCESS_COMPONENTS:
-            if self.processes.stop(name):
-                self._progress(f"stopped {name}")
-                stopped.append(name)
+        for name in sorted(self.processes.shutdown(), key=lambda n: PRIORITY.get(n, 0), reverse=True):
+            self._progress(f"stopped {name}")
+            stopped.append(name)
         return stopped
 
     def status(self) -> list[ComponentStatus]:
@@ -390,15 +418,20 @@ class Stack:
             MLFLOW_SERVER: (self.settings.mlflow_url, self.mlflow_healthy),
             PREFECT_WORKER: (f"pool '{self.settings.work_pool}'", self.worker_online),
             REGISTRY_BRIDGE: (f"http://{self.settings.host}:{self.settings.bridge_port}", self.bridge_healthy),
+            WATCHDOG: ("serving replicas", self.watchdog_healthy),
         }
-        for name in (PREFECT_SERVER, MLFLOW_SERVER, PREFECT_WORKER, REGISTRY_BRIDGE):
+        supervised = self.processes.processes()
+        for name in (PREFECT_SERVER, MLFLOW_SERVER, PREFECT_WORKER, REGISTRY_BRIDGE, WATCHDOG):
             url, check = checks[name]
-            record = self.processes.alive(name)
-            if record is None:
+            info = supervised.get(name)
+            if info is None or not info.alive:
                 rows.append(ComponentStatus(name, None, url, False, "stopped"))
                 continue
+            if info.state != "RUNNING" or info.pid is None:
+                rows.append(ComponentStatus(name, info.pid, url, False, f"restarting ({info.state.lower()})"))
+                continue
             ok = check()
-            rows.append(ComponentStatus(name, record.pid, url, ok, "healthy" if ok else "running, not healthy"))
+            rows.append(ComponentStatus(name, info.pid, url, ok, "healthy" if ok else "running, not healthy"))
         if self.prefect_healthy():
             declared = self.declared_deployments()
             registered = set(self.registered_deployments())

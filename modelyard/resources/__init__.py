@@ -29,7 +29,7 @@ def build_resources(settings: Settings) -> Resources:
     token = settings.api_token.get_secret_value() if settings.api_token else None
     return Resources(settings=settings, registry=registry_client(settings),
                      serving=ServingState(settings.state_dir),
-                     inference=InferenceClient(token, settings.state_dir / "models"),
+                     inference=InferenceClient(token, settings.state_dir / "models", settings.admin_secret()),
                      ledger=ledger_from_settings(settings))
 
 

@@ -57,6 +57,18 @@ def parse_metrics(text: str) -> MetricsSnapshot:
     return MetricsSnapshot(by_status, buckets)
 
 
+def merge_snapshots(snapshots: list[MetricsSnapshot]) -> MetricsSnapshot:
+    """One version's metrics from its replicas' (counters and cumulative buckets add up)."""
+    by_status: dict[int, int] = {}
+    buckets: dict[float, int] = {}
+    for snapshot in snapshots:
+        for status, count in snapshot.by_status.items():
+            by_status[status] = by_status.get(status, 0) + count
+        for bound, count in snapshot.latency_buckets.items():
+            buckets[bound] = buckets.get(bound, 0) + count
+    return MetricsSnapshot(by_status, buckets)
+
+
 def dataframe_split(frame: pd.DataFrame) -> dict:
     """The MLflow scoring body for ``frame`` (NaN sent as null)."""
     return {"dataframe_split": {"columns": list(frame.columns),
@@ -64,10 +76,12 @@ def dataframe_split(frame: pd.DataFrame) -> dict:
 
 
 class InferenceClient:
-    """Calls modelyard inference servers with the stack's bearer token."""
+    """Calls modelyard inference servers with the stack's bearer token; replays carry the admin
+    token in the replay header, without which a server refuses them."""
 
-    def __init__(self, token: str | None, models_dir: Path) -> None:
+    def __init__(self, token: str | None, models_dir: Path, admin_token: str | None = None) -> None:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.replay_headers = {**self.headers, REPLAY_HEADER: admin_token or ""}
         self.models_dir = Path(models_dir)
 
     def serving_example(self, model: str, version: str) -> bytes:
@@ -87,7 +101,7 @@ class InferenceClient:
         response = httpx.post(f"{url}/invocations", content=body, timeout=10, headers=headers)
         if response.status_code != 200:
             raise InferenceError(f"smoke request answered {response.status_code}: {response.text[:200]}")
-        with httpx.Client(timeout=10, headers={**headers, REPLAY_HEADER: "1"}) as client:
+        with httpx.Client(timeout=10, headers={**self.replay_headers, "Content-Type": "application/json"}) as client:
             for _ in range(warm_up):
                 client.post(f"{url}/invocations", content=body)
 
@@ -121,11 +135,15 @@ class InferenceClient:
         response.raise_for_status()
         return parse_metrics(response.text)
 
+    def scrape_all(self, urls: list[str]) -> MetricsSnapshot:
+        """The metrics of every replica of a version, added up."""
+        return merge_snapshots([self.scrape(url) for url in urls])
+
     def replay(self, frame: pd.DataFrame, url: str, chunk: int = 500) -> np.ndarray:
         """``url``'s answers to ``frame``, marked as a replay so they stay out of its prediction
         log and latency metrics."""
         answers: list = []
-        with httpx.Client(timeout=30, headers={**self.headers, REPLAY_HEADER: "1"}) as client:
+        with httpx.Client(timeout=30, headers=self.replay_headers) as client:
             for start in range(0, len(frame), chunk):
                 response = client.post(f"{url}/invocations", json=dataframe_split(frame.iloc[start:start + chunk]))
                 response.raise_for_status()

@@ -51,20 +51,28 @@ def __getattr__(name: str) -> Any:
             "cache_policy": NO_CACHE}
 
 
-def version_spec(client: MlflowClient, model_name: str, version: str):
-    """The model spec a version was built from (``None`` for versions registered without one)."""
+def version_spec(client: MlflowClient, model_name: str, version: str, strict: bool = False):
+    """The model spec a version was built from (``None`` for versions registered without one).
+    ``strict``: a spec that does not validate (any more) raises its ``SpecError``, and one that
+    cannot be read raises, instead of counting as no spec."""
     from modelyard.spec import SpecError, parse_spec
 
     run_id = client.get_model_version(model_name, version).run_id
+    if strict and not (run_id and any(a.path == SPEC_ARTIFACT for a in client.list_artifacts(run_id, "spec"))):
+        return None
     try:
         raw = mlflow.artifacts.load_dict(f"runs:/{run_id}/{SPEC_ARTIFACT}") if run_id else None
     except Exception:  # noqa: BLE001 - no artifact (e.g. a version logged by hand)
+        if strict:
+            raise
         return None
     if raw is None:
         return None
     try:
         return parse_spec(raw, origin=f"{model_name} v{version} {SPEC_ARTIFACT}")
     except SpecError:
+        if strict:
+            raise
         return None
 
 

@@ -1,4 +1,5 @@
-"""What serves each model, what served before, what was refused, and the per-model rollout lock.
+"""What serves each model, what served before, what was refused, which replicas each running
+version has, and the per-model rollout lock.
 
 One typed store over files under ``<state_dir>/serving``: strategies write it when a switch is
 proven, the reconciler and the monitor read it. Writes are atomic renames, so a reader never
@@ -29,6 +30,22 @@ class HistoryEntry(TypedDict):
     version: str
     since: float
     strategy: str
+
+
+class ReplicaRecord(TypedDict):
+    """One replica of a running version: where it answers, and the target's handle on it (a
+    supervisord program, a container name)."""
+
+    index: int
+    url: str
+    port: int
+    socket: str | None
+    handle: str
+
+
+class VersionReplicas(TypedDict):
+    target: str
+    replicas: list[ReplicaRecord]
 
 
 class ModelBusy(RuntimeError):
@@ -105,6 +122,37 @@ class ServingState:
     def handled_versions(self, model: str) -> set[str]:
         """Versions the deploy path already dealt with: served once, or refused."""
         return set(self.refused_versions(model)) | {entry["version"] for entry in self.history(model)}
+
+    # --- the replicas of running versions -----------------------------------------------------
+    def replicas(self, model: str) -> dict[str, VersionReplicas]:
+        """Every running version of the model (version → its target and replicas), as the
+        targets recorded them when they started it."""
+        return self._read(model, "replicas.json", {})
+
+    def record_replicas(self, model: str, version: str, target: str, replicas: list[ReplicaRecord]) -> None:
+        with self._file_lock(model, "replicas"):
+            self._write(model, "replicas.json", self.replicas(model) | {version: {"target": target, "replicas": replicas}})
+
+    def forget_replicas(self, model: str, version: str) -> None:
+        with self._file_lock(model, "replicas"):
+            self._write(model, "replicas.json", {v: r for v, r in self.replicas(model).items() if v != version})
+
+    def replicated_models(self) -> list[str]:
+        """Models with at least one running version recorded."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(path.name.removesuffix(".replicas.json") for path in self.directory.glob("*.replicas.json")
+                      if self._read(path.name.removesuffix(".replicas.json"), "replicas.json", {}))
+
+    @contextmanager
+    def _file_lock(self, model: str, kind: str) -> Iterator[None]:
+        """A read-modify-write of one file, one process at a time."""
+        with open(self._path(model, f"{kind}.lock"), "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- one rollout per model at a time ------------------------------------------------------
     @contextmanager

@@ -1,11 +1,14 @@
 """The docker target on a real Docker Engine: an offline-built image per registered version,
-recorded in the registry and the ledger, served over TCP and the router's unix socket."""
+recorded in the registry and the ledger, served by two containers over TCP and the router's unix
+sockets, each restarted by Docker when its server dies and health-checked on its readiness route."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +50,7 @@ def registered(stack_env: Stack, tmp_path_factory: pytest.TempPathFactory) -> di
 
 @pytest.fixture(scope="module")
 def target(stack_env: Stack, docker_base_image: str, registered: dict) -> Iterator[DockerTarget]:
-    target = DockerTarget(stack_env.settings.model_copy(update={"docker_base_image": docker_base_image}))
+    target = DockerTarget(stack_env.settings.model_copy(update={"docker_base_image": docker_base_image}), replicas=2)
     yield target
     target.stop(registered["name"], registered["version"])
     # Untag this test's image but keep its parent layers: the next run's build reuses them.
@@ -88,17 +91,29 @@ def test_container_serves_over_tcp_and_the_router_socket_then_stops(target: Dock
     endpoint = target.start(model, version)
     try:
         assert target.endpoint(model, version) == endpoint
+        assert len(endpoint.replicas) == 2 and len({r.socket for r in endpoint.replicas}) == 2
         body = _request_body(target, model, version)
         over_tcp = httpx.post(f"{endpoint.url}/invocations", json=body, timeout=10)
         assert over_tcp.status_code == 200, over_tcp.text
         assert len(over_tcp.json()["predictions"]) == len(body["dataframe_split"]["data"])
-        assert endpoint.socket is not None
-        with httpx.Client(transport=httpx.HTTPTransport(uds=endpoint.socket), base_url="http://router") as client:
-            over_socket = client.post("/invocations", json=body, timeout=10)
-            assert over_socket.status_code == 200, over_socket.text
-            assert over_socket.json() == over_tcp.json()
-            served = client.get("/version", timeout=5).json()
-        assert (served["model"], served["version"], served["artifact_sha256"]) == (model, version, sha)
+        for replica in endpoint.replicas:
+            assert replica.socket is not None
+            with httpx.Client(transport=httpx.HTTPTransport(uds=replica.socket), base_url="http://router") as client:
+                over_socket = client.post("/invocations", json=body, timeout=10)
+                assert over_socket.status_code == 200, over_socket.text
+                assert over_socket.json() == over_tcp.json()
+                served = client.get("/version", timeout=5).json()
+            assert (served["model"], served["version"], served["artifact_sha256"]) == (model, version, sha)
+        # Docker restarts a container whose server dies, and checks the readiness route itself.
+        container = target.client.containers.get(endpoint.replicas[0].handle)
+        assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert "/v2/health/ready" in " ".join(container.attrs["Config"]["Healthcheck"]["Test"])
+        os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while target.endpoint(model, version) != endpoint or container.attrs["RestartCount"] < 1:
+            assert time.monotonic() < deadline, "the killed container was not restarted and ready again"
+            time.sleep(0.5)
+            container.reload()
     finally:
         assert target.stop(model, version)
     # A start reuses the image the registry records instead of building it again.
@@ -106,6 +121,6 @@ def test_container_serves_over_tcp_and_the_router_socket_then_stops(target: Dock
     assert builds_after == max(builds_before, 1)
     assert target.endpoint(model, version) is None
     assert not target.client.containers.list(all=True, filters={"label": f"{LABEL_MODEL}={model}"})
-    assert not Path(endpoint.socket).exists()
+    assert not any(Path(r.socket).exists() for r in endpoint.replicas)
     # The prediction log directory is shared with the host, where monitoring reads it.
     assert list((target.settings.prediction_log_dir / f"model={model}").rglob("*.parquet"))

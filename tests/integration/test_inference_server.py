@@ -1,16 +1,23 @@
 """The inference server with real clients: MLflow scoring formats, the v2 protocol through
-tritonclient, the input contract, auth, the prediction log, and graceful shutdown."""
+tritonclient, the input contract (missing values where training had gaps), auth, replays, ids and
+trace ids, the prediction log and its retention, and graceful shutdown."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import httpx
 
 import mlflow
 import numpy as np
@@ -19,10 +26,13 @@ import pytest
 import requests
 import yaml
 
-from deployments.server.prediction_log import read_prediction_log
+from deployments.server.prediction_log import PredictionLog, read_prediction_log
+from modelyard.catalog import PREDICTION_ID_HEADER, REPLAY_HEADER, TRACE_HEADER, Action
 from modelyard.cli.stack import Stack
+from modelyard.ledger import ledger_from_settings
+from modelyard.resources.inference import InferenceClient
 from tests.support.servers import ServerProcess, start_server
-from tests.support.stacks import quiet
+from tests.support.stacks import free_port, quiet
 from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.stack
@@ -33,12 +43,15 @@ TOKEN = "test-token-123"
 GRACEFUL_EXIT = (0, -signal.SIGTERM)
 
 
-def _train(name: str, estimator: dict, folder: Path) -> str:
+def _train(name: str, estimator: dict, folder: Path, base: str = "fraud.yaml", source: str | None = None) -> str:
     from flows.pipeline import model_pipeline
 
-    spec = yaml.safe_load((SPECS / "fraud.yaml").read_text())
+    spec = yaml.safe_load((SPECS / base).read_text())
     spec["name"] = name
-    spec["data"]["generator_params"] = {"n_rows": 4000, "seed": 11}
+    if source is None:
+        spec["data"]["generator_params"] = {"n_rows": 4000, "seed": 11}
+    else:
+        spec["data"]["source"] = source
     spec["estimator"] = estimator
     spec["policy"] = {"min_metrics": {"roc_auc": 0.6}}
     path = folder / f"{name}.yaml"
@@ -316,3 +329,161 @@ def test_tampered_artifact_refuses_to_serve(stack_env, models, tmp_path):
     process = start_server(models["onnx"], stack_env.settings.child_env() | {"MODELYARD_API_TOKEN": TOKEN},
                            tmp_path / "restored.log")
     assert process.stop() in GRACEFUL_EXIT
+
+
+# -- missing values: a public dataset with gaps ---------------------------------------------------
+
+GAP_COLUMNS = ("mean_radius", "worst_texture")
+
+
+@pytest.fixture(scope="module")
+def gaps_model(stack_env: Stack, tmp_path_factory) -> str:
+    """scikit-learn's breast-cancer data with gaps put into two numeric columns (every 5th and
+    every 7th row), trained by the model pipeline with a tree model that takes missing values."""
+    from tasks.data import load_sklearn_dataset
+
+    folder = tmp_path_factory.mktemp("gaps-model")
+    frame = load_sklearn_dataset("breast_cancer")
+    frame.loc[frame.index % 5 == 0, GAP_COLUMNS[0]] = np.nan
+    frame.loc[frame.index % 7 == 3, GAP_COLUMNS[1]] = np.nan
+    frame.to_parquet(folder / "breast_cancer_gaps.parquet", index=False)
+    version = _train("cancer-gaps", {"kind": "hist_gradient_boosting", "params": {"max_iter": 30}}, folder,
+                     base="breast_cancer.yaml", source=str(folder / "breast_cancer_gaps.parquet"))
+    return f"models:/cancer-gaps/{version}"
+
+
+def test_missing_values_are_served_where_training_had_gaps_and_refused_elsewhere(stack_env, gaps_model, tmp_path):
+    from tasks.data import load_sklearn_dataset
+
+    reference = mlflow.sklearn.load_model(gaps_model)
+    rows = load_sklearn_dataset("breast_cancer").drop(columns=["target"]).head(6).astype(float)
+    rows.loc[[0, 2], GAP_COLUMNS[0]] = np.nan
+    rows.loc[[1, 2], GAP_COLUMNS[1]] = np.nan
+    env = stack_env.settings.child_env() | {"MODELYARD_API_TOKEN": TOKEN}
+    process = start_server(gaps_model, env, tmp_path / "gaps.log")
+    try:
+        url = f"{process.url}/invocations"
+        split = {"dataframe_split": {"columns": list(rows.columns),
+                                     "data": rows.astype(object).where(rows.notna(), None).values.tolist()}}
+        answer = _post(url, json=split)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == reference.predict(rows).tolist()
+        csv = _post(url, data=rows.to_csv(index=False, na_rep=""), headers={"Content-Type": "text/csv"})
+        assert csv.status_code == 200 and csv.json()["predictions"] == answer.json()["predictions"], csv.text
+        # NaN literals, as MLflow writes them in a serving input example, are missing values too.
+        literal = json.dumps(split).replace("null", "NaN")
+        assert _post(url, data=literal, headers={"Content-Type": "application/json"}).status_code == 200
+        # A column that had no gaps in training refuses them, naming itself.
+        no_gaps = rows.assign(mean_texture=[None] + rows["mean_texture"].tolist()[1:])
+        refused = _post(url, json={"dataframe_records": json.loads(no_gaps.head(1).to_json(orient="records"))})
+        assert refused.status_code == 400 and refused.json()["field"] == "mean_texture", refused.text
+        document = requests.get(f"{process.url}/openapi.json", headers=_auth(), timeout=10).json()
+        records = next(o for o in document["paths"]["/invocations"]["post"]["requestBody"]["content"]
+                       ["application/json"]["schema"]["oneOf"] if "dataframe_records" in o["required"])
+        types = {name: column["type"] for name, column in
+                 records["properties"]["dataframe_records"]["items"]["properties"].items()}
+        assert {name for name, kind in types.items() if kind == ["number", "null"]} == set(GAP_COLUMNS)
+        assert requests.get(f"{process.url}/version", headers=_auth(), timeout=10).json()["serving_format"] == "pyfunc"
+    finally:
+        assert process.stop() in GRACEFUL_EXIT
+
+
+# -- ids, trace ids and replays -------------------------------------------------------------------
+
+
+def _start_with_socket(model: str, env: dict, folder: Path) -> tuple[subprocess.Popen, str, Path]:
+    """A server listening on TCP and on a unix socket (the router's way in)."""
+    port, sock = free_port(), folder / "serving.sock"
+    log = open(folder / "uds.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "modelyard.cli", "serve", model, "--port", str(port),
+                                "--uds", str(sock)], env={"PATH": os.environ.get("PATH", ""), **env},
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return process.poll() is not None
+
+    wait_until(ready, 180, "the server to be ready")
+    assert process.poll() is None, (folder / "uds.log").read_text()[-3000:]
+    return process, url, sock
+
+
+def test_prediction_ids_are_unique_and_trace_ids_come_only_through_the_unix_socket(stack_env, models, holdout,
+                                                                                    tmp_path):
+    env = stack_env.settings.child_env() | {"MODELYARD_API_TOKEN": TOKEN}
+    process, url, sock = _start_with_socket(models["onnx"], env, tmp_path)
+    try:
+        body = {"dataframe_records": _records(_features(holdout.head(2)))}
+        tag = f"ids-{uuid.uuid4().hex[:8]}"
+        over_tcp = [_post(f"{url}/invocations", json=body, headers={"X-Request-ID": tag, TRACE_HEADER: f"{tag}-forged"})
+                    for _ in range(3)]
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), headers=_auth()) as router:
+            over_unix = router.post("http://router/invocations", json=body,
+                                    headers={"X-Request-ID": tag, TRACE_HEADER: f"{tag}-trace"})
+        answers = [*over_tcp, over_unix]
+        assert [a.status_code for a in answers] == [200] * 4
+        ids = [a.headers[PREDICTION_ID_HEADER] for a in answers]
+        assert len(set(ids)) == 4 and {a.headers["x-request-id"] for a in answers} == {tag}
+        version = models["onnx"].rsplit("/", 1)[1]
+        log_root = stack_env.settings.prediction_log_dir
+
+        def mine():
+            logged = read_prediction_log(log_root, "fraud-serve", version)
+            return logged[logged["request_id"] == tag]
+
+        wait_until(lambda: len(mine()) == 8, 15, "the four requests in the prediction log")
+        logged = mine()
+        assert sorted(set(logged["prediction_id"])) == sorted(ids)
+        traces = dict(zip(logged["prediction_id"], logged["trace_id"], strict=True))
+        assert traces[ids[3]] == f"{tag}-trace"
+        assert all(pd.isna(traces[i]) for i in ids[:3])  # null: TCP is not the router's way in
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) in GRACEFUL_EXIT
+
+
+def test_replays_need_the_admin_token_and_stay_out_of_the_log(stack_env, server, models, holdout):
+    version = models["onnx"].rsplit("/", 1)[1]
+    log_root = stack_env.settings.prediction_log_dir
+    frame = _features(holdout.head(5))
+    forged = _post(f"{server.url}/invocations", json={"dataframe_records": _records(frame)},
+                   headers={REPLAY_HEADER: "1", "X-Request-ID": "forged-replay"})
+    assert forged.status_code == 403 and forged.json()["field"] == REPLAY_HEADER
+    client = InferenceClient(TOKEN, stack_env.settings.state_dir / "models", stack_env.settings.admin_secret())
+    before = len(read_prediction_log(log_root, "fraud-serve", version))
+    answers = client.replay(frame, server.url)
+    assert answers.tolist() == mlflow.sklearn.load_model(models["onnx"]).predict(frame).tolist()
+    metrics = requests.get(f"{server.url}/metrics", headers=_auth(), timeout=10).text
+    assert 'route="replay",status="200"' in metrics
+    time.sleep(2)  # two flush intervals: anything logged would be on disk by now
+    logged = read_prediction_log(log_root, "fraud-serve", version)
+    assert len(logged) == before and "forged-replay" not in set(logged["request_id"])
+
+
+def test_partitions_past_retention_are_deleted_and_recorded(stack_env, models, tmp_path):
+    name, version = models["pyfunc"].removeprefix("models:/").split("/")
+    root = stack_env.settings.prediction_log_dir
+    old = datetime.now(UTC) - timedelta(days=3)
+    plog = PredictionLog(root, name, "0")
+    plog.submit("ancient", old.timestamp(), {"amount": [1.0, 2.0]}, [0, 1], prediction_id="p-old")
+    plog.close()
+    partition = root / f"model={name}" / "version=0" / f"hour={old:%Y-%m-%dT%H}"
+    assert partition.is_dir()
+    env = stack_env.settings.child_env() | {"MODELYARD_API_TOKEN": TOKEN, "MODELYARD_PREDICTION_LOG_RETENTION_DAYS": "1"}
+    process = start_server(models["pyfunc"], env, tmp_path / "retention.log")
+    try:
+        wait_until(lambda: not partition.exists(), 15, "the old partition to be deleted")
+        ledger = ledger_from_settings(stack_env.settings)
+        records = [r for r in ledger.records(f"{name}/0") if r["action"] == Action.PREDICTION_LOG_PRUNED]
+        assert len(records) == 1 and records[0]["actor"] == f"server:{name}/{version}"
+        details = records[0]["details"]
+        assert details["partitions"] == [partition.relative_to(root).as_posix()]
+        assert details["rows"] == 2 and details["files"] == 1
+        assert ledger.verify().ok
+        assert 'modelyard_prediction_log_pruned_partitions_total' in requests.get(
+            f"{process.url}/metrics", headers=_auth(), timeout=10).text
+    finally:
+        assert process.stop() in GRACEFUL_EXIT

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deployments.server.prediction_log import read_prediction_log
-from modelyard.catalog import RETRAIN_DEPLOYMENT, Action, Event, model_resource_id
+from modelyard.catalog import PREDICTION_ID_HEADER, RETRAIN_DEPLOYMENT, Action, Event, model_resource_id
 from modelyard.cli.stack import Stack
 from modelyard.ledger import ledger_from_settings
 from modelyard.resources.registry import registry_client
@@ -56,19 +56,25 @@ def _frame() -> pd.DataFrame:
     return frame
 
 
-def _send(stack: Stack, url: str, rows: pd.DataFrame) -> list[str]:
-    """One request per row, each with its own request id (what labels are joined on later);
-    returns once the prediction log holds them all."""
+def _send(stack: Stack, url: str, rows: pd.DataFrame, request_id: str | None = None) -> list[str]:
+    """One request per row, each with its own request id unless ``request_id`` is given; returns
+    the prediction ids the server answered with (what labels are keyed by) once the prediction
+    log holds them all."""
     ids = []
     features = rows.drop(columns=["target"])
     with httpx.Client(timeout=10) as client:
         for values in features.values.tolist():
-            request_id = uuid.uuid4().hex
             body = {"dataframe_split": {"columns": list(features.columns), "data": [values]}}
-            assert client.post(f"{url}/invocations", json=body, headers={"X-Request-ID": request_id}).status_code == 200
-            ids.append(request_id)
-    wait_until(lambda: set(ids) <= set(read_prediction_log(stack.settings.prediction_log_dir, MODEL)["request_id"]),
-               60, "every request in the prediction log")
+            response = client.post(f"{url}/invocations", json=body,
+                                   headers={"X-Request-ID": request_id or uuid.uuid4().hex})
+            assert response.status_code == 200
+            ids.append(response.headers[PREDICTION_ID_HEADER])
+
+    def logged() -> bool:
+        log = read_prediction_log(stack.settings.prediction_log_dir, MODEL)
+        return "prediction_id" in log.columns and set(ids) <= set(log["prediction_id"])
+
+    wait_until(logged, 60, "every prediction in the prediction log")
     return ids
 
 
@@ -132,19 +138,22 @@ def test_labels_arriving_late_update_the_performance_verdict(stack_env: Stack, s
     from flows.monitor import monitor
 
     frame = _frame().sample(200, random_state=3)
-    ids = _send(stack_env, served["url"], frame)
+    # One client id for every request: labels pair with predictions by the server's id alone.
+    ids = _send(stack_env, served["url"], frame, request_id="the-same-client-id")
+    assert len(set(ids)) == len(ids)
     before = monitor(MODEL)
     assert before["performance"]["value"] is None  # no labels yet
 
     labels_dir = stack_env.settings.state_dir / "labels" / MODEL
     labels_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"request_id": ids, "target": frame["target"].to_numpy()}).to_parquet(labels_dir / "a-true.parquet")
+    pd.DataFrame({"prediction_id": ids, "target": frame["target"].to_numpy()}).to_parquet(labels_dir / "a-true.parquet")
     good = monitor(MODEL)
     assert good["performance"]["rows"] >= 200 and good["performance"]["value"] > 0.9
     assert good["performance"]["degraded"] is False
 
     # Later labels correct the earlier ones (a chargeback file): the model was wrong after all.
-    pd.DataFrame({"request_id": ids, "target": 1 - frame["target"].to_numpy()}).to_parquet(labels_dir / "b-corrected.parquet")
+    pd.DataFrame({"prediction_id": ids, "target": 1 - frame["target"].to_numpy()}).to_parquet(
+        labels_dir / "b-corrected.parquet")
     bad = monitor(MODEL)
     assert bad["performance"]["degraded"] is True
     assert Event.PERFORMANCE_DEGRADED in [a["event"] for a in bad["alerts"]]

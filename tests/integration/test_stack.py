@@ -107,11 +107,12 @@ def test_down_stops_everything_it_started_and_nothing_else(tmp_path):
     stack = Stack(settings)
     try:
         stack.up()
-        pids = stack_pids(stack)
-        assert len(pids) >= 4
+        pids = stack_pids(stack) | {stack.processes.pid()}
+        assert len(pids) >= 6
         stopped = stack.down()
-        assert set(stopped) == {"prefect-server", "mlflow-server", "prefect-worker", "registry-bridge"}
-        assert alive(pids) == set()
+        assert set(stopped) == {"prefect-server", "mlflow-server", "prefect-worker", "registry-bridge", "watchdog"}
+        assert alive(pids) == set()  # supervisord too
+        assert not stack.processes.running()
         assert bystander.poll() is None
         assert not port_in_use("127.0.0.1", settings.prefect_port)
         assert not port_in_use("127.0.0.1", settings.mlflow_port)

@@ -19,9 +19,14 @@ def assert_stack_healthy(stack: Stack) -> None:
     assert stack.worker_online()
     assert "smoke" in stack.registered_deployments()
     rows = {row.name: row for row in stack.status()}
-    assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker", "registry-bridge", "deployments"}
+    assert set(rows) == {"prefect-server", "mlflow-server", "prefect-worker", "registry-bridge", "watchdog",
+                         "deployments"}
     assert all(row.healthy for row in rows.values()), rows
-    assert all(rows[name].pid for name in ("prefect-server", "mlflow-server", "prefect-worker", "registry-bridge"))
+    assert all(rows[name].pid for name in ("prefect-server", "mlflow-server", "prefect-worker", "registry-bridge",
+                                           "watchdog"))
+    # Every one of them is a program of the stack's supervisord.
+    supervised = stack.processes.processes()
+    assert all(supervised[name].pid == rows[name].pid for name in supervised if name in rows)
 
 
 def assert_smoke_flow_runs_and_audits(stack: Stack):

@@ -17,8 +17,10 @@ from modelyard.settings import Settings
 
 def quiet(spec: dict) -> dict:
     """A test spec kept out of the monitoring loop's way: its scheduled monitor runs hourly and
-    its alerts start no retrain. Tests of the loop itself (monitoring, closed loop) set their own."""
-    spec["monitoring"] = {**spec.get("monitoring", {}), "interval_s": 3600}
+    its alerts start no retrain (its window at least that hour: a shorter one is a spec error).
+    Tests of the loop itself (monitoring, closed loop) set their own."""
+    monitoring = spec.get("monitoring", {})
+    spec["monitoring"] = {**monitoring, "interval_s": 3600, "window_s": max(monitoring.get("window_s", 3600), 3600)}
     spec["retrain"] = {**spec.get("retrain", {}), "automatic": False}
     return spec
 

@@ -12,7 +12,7 @@ from tasks.demo_data import generate_transactions
 
 def _spec(source: str, **data) -> object:
     return parse_spec({"name": "t", "task": "binary_classification", "metrics": {"primary": "roc_auc"},
-                       "data": {"source": source, "target": "is_fraud", **data}})
+                       "policy": {"allow_any": True}, "data": {"source": source, "target": "is_fraud", **data}})
 
 
 @pytest.fixture

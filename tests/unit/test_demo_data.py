@@ -3,6 +3,8 @@ that really change what they say they change."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,6 +110,19 @@ def _assert_well_formed(df: pd.DataFrame) -> None:
 # --- the baseline ---------------------------------------------------------------------
 
 
+def test_transaction_ids_never_repeat_across_populations(small):
+    """The demo sends a calm and a drifted population with ids as request ids: a shared id would
+    pair a label with another transaction."""
+    frames = [small, generate_transactions(n_rows=SMALL, seed=8), generate_transactions(n_rows=SMALL, seed=7,
+                                                                                       start="2026-02-15"),
+              generate_transactions(n_rows=SMALL + 1, seed=7), apply_scenario(small, "channel_shift"),
+              apply_scenario(small, "channel_shift", strength=0.5), apply_scenario(small, "amount_shift")]
+    ids = pd.concat([f["transaction_id"] for f in frames])
+    assert ids.is_unique, ids[ids.duplicated()].head().tolist()
+    again = generate_transactions(n_rows=SMALL, seed=7)["transaction_id"]
+    assert again.equals(small["transaction_id"])  # the same arguments, the same transactions
+
+
 def test_same_seed_same_frame_other_seed_other_frame(small):
     pd.testing.assert_frame_equal(small, generate_transactions(n_rows=SMALL, seed=7))
     other = generate_transactions(n_rows=SMALL, seed=8)
@@ -121,7 +136,7 @@ def test_columns_dtypes_and_values(baseline):
     assert set(baseline["merchant_category"]) == set(CATEGORIES)
     assert set(baseline["channel"]) == {"pos", "online", "contactless"}
     assert set(baseline["device"]) == {"chip", "swipe", "mobile_wallet", "web"}
-    assert baseline["transaction_id"].iloc[0] == "tx-000000001"
+    assert re.fullmatch(r"tx-[0-9a-f]{8}-000000001", baseline["transaction_id"].iloc[0])
 
 
 def test_thirty_days_from_start_with_a_daily_rhythm(baseline):
@@ -195,7 +210,9 @@ def test_scenario_output_is_well_formed_and_input_untouched(small, name):
     assert drifted is not small
     _assert_well_formed(drifted)
     assert len(drifted) == len(small)
-    assert set(drifted["transaction_id"]) == set(small["transaction_id"])
+    suffix = drifted["transaction_id"].iloc[0][len(small["transaction_id"].iloc[0]):]
+    assert suffix.startswith(f"-{name}-")  # a drifted row is another transaction
+    assert set(drifted["transaction_id"]) == {i + suffix for i in small["transaction_id"]}
     pd.testing.assert_frame_equal(drifted, apply_scenario(small, name))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from deployments import gates as g
@@ -92,7 +93,8 @@ def test_supported_quantile_never_exceeds_the_highest_asked():
 
 def test_healthy_canary_passes_every_gate():
     results = g.judge(GATES, g.ServiceWindow(200, 0, 2.0), g.ServiceWindow(800, 0, 1.5), g.ModelWindow(200, 1.0, 0.0))
-    assert [r.gate for r in results] == ["requests", "error_rate", "p99_ratio", "agreement", "prediction_psi"]
+    assert [r.gate for r in results] == ["requests", "error_rate", "p99_ratio", "compared_rows", "agreement",
+                                         "prediction_psi"]
     assert all(r.ok for r in results) and g.failures(results) == ""
 
 
@@ -104,7 +106,7 @@ def test_judge_names_each_failed_gate():
 
 
 def test_too_few_requests_fail_only_the_request_gate():
-    too_few = g.judge(GATES, g.ServiceWindow(3, 0, 1.0), None, None)
+    too_few = g.judge(GATES, g.ServiceWindow(3, 0, 1.0), None, g.ModelWindow(30, 1.0, 0.0))
     assert [r.gate for r in too_few if not r.ok] == ["requests"]
     assert _gate(too_few, "requests").value == 3 and _gate(too_few, "requests").threshold == 20
 
@@ -158,6 +160,20 @@ def test_latency_is_compared_at_the_tail_the_window_can_estimate():
 
 # --- model gates --------------------------------------------------------------------------
 
+def test_a_canary_with_an_empty_prediction_log_fails_its_model_gates():
+    """Fail closed: no logged predictions means no comparison, never a pass without one."""
+    results = g.judge(GATES, g.ServiceWindow(200, 0, 2.0), g.ServiceWindow(800, 0, 1.5), None)
+    failed = [r for r in results if not r.ok]
+    assert [r.gate for r in failed] == ["compared_rows"]
+    assert "compared_rows 0 (limit 20) [no logged predictions to compare] FAILED" in g.failures(results)
+
+
+def test_model_gates_judged_on_fewer_rows_than_min_requests_fail():
+    results = g.judge(GATES, g.ServiceWindow(200, 0, 2.0), None, g.ModelWindow(5, 1.0, 0.0))
+    assert [r.gate for r in results if not r.ok] == ["compared_rows"]
+    assert _gate(g.judge(GATES, g.ServiceWindow(200, 0, 2.0), None, g.ModelWindow(20, 1.0, 0.0)), "compared_rows").ok
+
+
 def test_canary_that_answers_differently_fails_agreement_only():
     results = g.judge(GATES, g.ServiceWindow(200, 0, 2.0), None, g.ModelWindow(200, 0.8, 0.1))
     assert [r.gate for r in results if not r.ok] == ["agreement"]
@@ -203,3 +219,59 @@ def test_psi_sees_a_shift_away_from_a_constant_reference():
     assert g.psi(constant, np.full(500, 1.0), categorical=False) == pytest.approx(0.0)
     assert g.psi(constant, np.full(500, 5.0), categorical=False) > 0.25
     assert g.psi(constant, np.full(500, -3.0), categorical=False) > 0.25
+
+
+# --- shadow: the two logs paired by the router's trace id ----------------------------------
+
+def _log(**columns) -> pd.DataFrame:
+    frame = pd.DataFrame(columns)
+    if "row" not in frame.columns:
+        frame["row"] = 0
+    return frame
+
+
+def test_shadow_pairs_rows_by_trace_id_not_by_the_client_request_id():
+    """Two clients sent the same X-Request-ID; the router's trace ids tell their rows apart."""
+    served = _log(request_id=["dup", "dup", "x"], trace_id=["t1", "t2", "t3"], prediction=[0, 1, 1])
+    shadowed = _log(request_id=["dup", "dup", "x"], trace_id=["t2", "t1", "t3"], prediction=[1, 0, 1])
+    reference, candidate = g.shadow_pairs(served, shadowed)
+    assert sorted(zip(reference.tolist(), candidate.tolist())) == [(0, 0), (1, 1), (1, 1)]
+    assert g.compare_predictions(reference, candidate, True, 0).agreement == 1.0
+
+
+def test_shadow_pairs_rows_of_one_request_by_row():
+    served = _log(trace_id=["t1", "t1"], row=[0, 1], prediction=[0, 1])
+    shadowed = _log(trace_id=["t1", "t1"], row=[1, 0], prediction=[1, 0])
+    reference, candidate = g.shadow_pairs(served, shadowed)
+    assert reference.tolist() == candidate.tolist() and len(reference) == 2
+
+
+def test_shadow_never_pairs_an_ambiguous_or_missing_trace_id():
+    served = _log(trace_id=["t1", "t1", None, "", "t4"], prediction=[0, 1, 0, 0, 1])
+    shadowed = _log(trace_id=["t1", None, "", "t4"], prediction=[1, 0, 0, 1])
+    reference, candidate = g.shadow_pairs(served, shadowed)
+    assert reference.tolist() == [1] and candidate.tolist() == [1]  # only t4 pairs for certain
+
+
+def test_shadow_logs_without_trace_ids_pair_nothing_and_fail_the_gates():
+    """No fallback to the client's request id: without the router's id there is no comparison."""
+    served = _log(request_id=["a", "b"], prediction=[0, 1])
+    shadowed = _log(request_id=["a", "b"], prediction=[0, 1])
+    reference, candidate = g.shadow_pairs(served, shadowed)
+    assert len(reference) == len(candidate) == 0
+    assert len(g.shadow_pairs(_log(trace_id=["t1"], prediction=[0]), pd.DataFrame())[0]) == 0
+
+
+def test_canary_and_shadow_with_empty_prediction_logs_have_nothing_to_compare(tmp_path):
+    """The strategies hand the gates no model window when the window's log is empty."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from deployments import strategies
+    from modelyard.settings import Settings
+
+    settings = Settings(state_dir=tmp_path)
+    new, old = SimpleNamespace(version="2", url="http://unused"), SimpleNamespace(version="1", url="http://unused")
+    since = datetime.now(UTC)
+    assert strategies._compare_on_replay(settings, "m", new, old, since, True, GATES) is None
+    assert strategies._compare_shadow(settings, "m", new, old, since, True, 0.1) is None

@@ -13,14 +13,14 @@ import pytest
 from modelyard.catalog import Event
 from modelyard.spec import parse_spec
 from tasks.monitoring import (
-    INSUFFICIENT_DATA, PerformanceVerdict, ServiceVerdict, WindowVerdict, decide_alerts, next_monitor_state,
-    performance_verdict, service_verdict,
+    INSUFFICIENT_DATA, PerformanceVerdict, ServiceVerdict, WindowVerdict, decide_alerts, join_labels,
+    next_monitor_state, performance_verdict, read_labels, service_verdict,
 )
 
 
 def _spec(task: str = "binary_classification", primary: str = "accuracy", **monitoring):
     return parse_spec({"name": "fraud", "task": task, "data": {"source": "x.csv", "target": "is_fraud"},
-                       "metrics": {"primary": primary},
+                       "metrics": {"primary": primary}, "policy": {"allow_any": True},
                        "monitoring": {"min_labelled_rows": 4, "max_performance_drop": 0.05, **monitoring}})
 
 
@@ -101,14 +101,18 @@ def test_every_alert_of_a_window_is_raised_and_names_the_window():
 # --- performance on delayed labels ---------------------------------------------------------
 
 def _window(predictions: list[int], probabilities: list[float] | None = None) -> pd.DataFrame:
-    window = pd.DataFrame({"request_id": [f"r{i}" for i in range(len(predictions))], "prediction": predictions})
+    window = pd.DataFrame({"request_id": [f"r{i}" for i in range(len(predictions))],
+                           "prediction_id": [f"p{i}" for i in range(len(predictions))],
+                           "row": 0, "prediction": predictions})
     if probabilities is not None:
         window["probability"] = [[1 - p, p] for p in probabilities]
     return window
 
 
-def _labels(truth: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"request_id": [f"r{i}" for i in range(len(truth))], "is_fraud": truth})
+def _labels(truth: list[int], rows: list[int] | None = None) -> pd.DataFrame:
+    return pd.DataFrame({"prediction_id": [f"p{i}" for i in range(len(truth))],
+                         "row": pd.array(rows if rows is not None else [pd.NA] * len(truth), dtype="Int64"),
+                         "is_fraud": truth})
 
 
 def test_labels_matching_the_predictions_keep_the_evaluation_baseline():
@@ -154,8 +158,9 @@ def test_labels_of_one_class_only_give_no_auc_and_no_false_alarm():
 
 def test_error_metric_that_rises_degrades_a_regression_model():
     spec = _spec(task="regression", primary="rmse", max_performance_drop=1.0)
-    window = pd.DataFrame({"request_id": ["a", "b", "c", "d"], "prediction": [10.0, 20.0, 30.0, 40.0]})
-    labels = pd.DataFrame({"request_id": ["a", "b", "c", "d"], "is_fraud": [12.0, 22.0, 32.0, 42.0]})
+    window = pd.DataFrame({"prediction_id": ["a", "b", "c", "d"], "row": 0, "prediction": [10.0, 20.0, 30.0, 40.0]})
+    labels = pd.DataFrame({"prediction_id": ["a", "b", "c", "d"], "row": pd.array([pd.NA] * 4, dtype="Int64"),
+                           "is_fraud": [12.0, 22.0, 32.0, 42.0]})
     verdict = performance_verdict(window, labels, spec, {"rmse": 0.5})
     assert verdict.value == pytest.approx(2.0) and verdict.drop == pytest.approx(1.5) and verdict.degraded
 
@@ -163,6 +168,66 @@ def test_error_metric_that_rises_degrades_a_regression_model():
 def test_metric_missing_from_the_baseline_gives_no_drop():
     verdict = performance_verdict(_window([0, 1, 0, 1, 0]), _labels([1, 1, 1, 1, 1]), SPEC, {})
     assert verdict.value == pytest.approx(0.4) and verdict.drop is None and not verdict.degraded
+
+
+# --- labels join on the server's prediction id -------------------------------------------------
+
+def test_a_repeated_client_request_id_never_pairs_a_label_with_the_wrong_row():
+    """Two requests sent with the same X-Request-ID: each label reaches its own prediction."""
+    window = pd.DataFrame({"request_id": ["tx-1", "tx-1", "tx-2"], "prediction_id": ["p-a", "p-b", "p-c"],
+                           "row": 0, "prediction": [0, 1, 1]})
+    labels = pd.DataFrame({"prediction_id": ["p-b", "p-a", "p-c"], "row": pd.array([pd.NA] * 3, dtype="Int64"),
+                           "is_fraud": [1, 0, 1]})
+    joined = join_labels(window, labels, "is_fraud")
+    assert sorted(zip(joined["prediction_id"], joined["is_fraud"])) == [("p-a", 0), ("p-b", 1), ("p-c", 1)]
+    verdict = performance_verdict(window, labels, _spec(min_labelled_rows=3), {"accuracy": 1.0})
+    assert verdict.rows == 3 and verdict.value == 1.0 and not verdict.degraded
+
+
+def test_labels_of_a_request_of_several_rows_need_the_row():
+    window = pd.DataFrame({"prediction_id": ["p1", "p1", "p2"], "row": [0, 1, 0], "prediction": [0, 1, 1]})
+    rowless = pd.DataFrame({"prediction_id": ["p1", "p2"], "row": pd.array([pd.NA, pd.NA], dtype="Int64"),
+                            "is_fraud": [1, 1]})
+    joined = join_labels(window, rowless, "is_fraud")
+    assert list(joined["prediction_id"]) == ["p2"]  # which row of p1 the label meant is not known
+    by_row = pd.DataFrame({"prediction_id": ["p1", "p1"], "row": pd.array([1, 0], dtype="Int64"), "is_fraud": [1, 0]})
+    joined = join_labels(window, by_row, "is_fraud")
+    assert sorted(zip(joined["row"], joined["prediction"], joined["is_fraud"])) == [(0, 0, 0), (1, 1, 1)]
+
+
+def test_a_key_logged_twice_joins_nothing():
+    window = pd.DataFrame({"prediction_id": ["p1", "p1", "p2"], "row": [0, 0, 0], "prediction": [0, 1, 1]})
+    joined = join_labels(window, _labels([1, 1, 1]), "is_fraud")
+    assert list(joined["prediction_id"]) == ["p2"]
+
+
+def test_a_log_without_prediction_ids_gives_no_performance_verdict():
+    """Fail closed: no falling back to the client's request id."""
+    window = _window([0, 1, 0, 1, 0]).drop(columns="prediction_id")
+    labels = _labels([0, 1, 0, 1, 0]).assign(request_id=[f"r{i}" for i in range(5)])
+    verdict = performance_verdict(window, labels, SPEC, {"accuracy": 0.95})
+    assert verdict.rows == 0 and verdict.value is None and not verdict.degraded
+
+
+def test_label_files_keyed_by_request_id_only_are_refused_naming_prediction_id(tmp_path):
+    pd.DataFrame({"request_id": ["r1"], "is_fraud": [1]}).to_parquet(tmp_path / "old.parquet")
+    with pytest.raises(ValueError, match=r"lack columns \['prediction_id'\].*X-Modelyard-Prediction-Id"):
+        read_labels(tmp_path, "is_fraud")
+
+
+def test_a_later_label_file_corrects_an_earlier_one(tmp_path):
+    pd.DataFrame({"prediction_id": ["p0", "p1"], "is_fraud": [0, 0]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"prediction_id": ["p1"], "row": [0], "is_fraud": [1]}).to_csv(tmp_path / "b.csv", index=False)
+    labels = read_labels(tmp_path, "is_fraud")
+    joined = join_labels(_window([0, 1]), labels, "is_fraud")
+    assert dict(zip(joined["prediction_id"], joined["is_fraud"])) == {"p0": 0, "p1": 1}
+    assert read_labels(tmp_path / "none", "is_fraud").empty
+
+
+def test_hex_prediction_ids_that_look_like_numbers_survive_a_csv_file(tmp_path):
+    ids = ["0123456789012345", "1e10"]  # read as numbers, they would lose a zero or become 1e10 = 10000000000.0
+    pd.DataFrame({"prediction_id": ids, "is_fraud": [1, 0]}).to_csv(tmp_path / "labels.csv", index=False)
+    assert list(read_labels(tmp_path, "is_fraud")["prediction_id"]) == ids
 
 
 # --- service health between two scrapes ------------------------------------------------------

@@ -1,18 +1,27 @@
-"""The prediction log: every accepted record lands on disk exactly once, overload and sampling are
-counted instead of blocking, close flushes, files are partitioned by model, version and hour, and
-the reader filters and strips prefixes. Real Parquet files under tmp_path, real threads."""
+"""The prediction log: every accepted record lands on disk exactly once, overload (in requests or
+in bytes) and sampling are counted instead of blocking, close flushes, files are partitioned by
+model, version and hour, the reader filters and strips prefixes, and partitions past their
+retention are deleted after they are recorded. Real Parquet files under tmp_path, real threads."""
 
 from __future__ import annotations
 
 import re
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
-from deployments.server.prediction_log import PredictionLog, inputs_frame, read_prediction_log
+from deployments.server.prediction_log import (
+    BASE_COLUMNS,
+    PredictionLog,
+    inputs_frame,
+    prune_partitions,
+    read_prediction_log,
+)
 
 T0 = datetime(2024, 5, 1, 10, 15, tzinfo=UTC).timestamp()
 PART = re.compile(r"^part-\d{13}-[0-9a-f]{8}\.parquet$")
@@ -242,7 +251,7 @@ def test_reader_filters_by_version_and_since_and_strips_prefixes(tmp_path):
 
     empty = read_prediction_log(tmp_path, "no-such-model")
     assert empty.empty
-    assert list(empty.columns) == ["request_id", "time", "model", "version", "row", "prediction"]
+    assert list(empty.columns) == list(BASE_COLUMNS)
 
 
 def test_write_error_is_retried_once_then_counted_as_lost(tmp_path):
@@ -284,3 +293,89 @@ def test_rejects_malformed_requests_and_unsafe_names(tmp_path):
         PredictionLog(tmp_path, "../etc", "1")
     plog.close()
     assert plog.stats()["submitted"] == 0
+
+
+def test_queue_bounded_in_bytes_drops_and_counts_without_blocking(tmp_path):
+    plog = PredictionLog(tmp_path, "iris", "1", max_queue=1000, max_queue_bytes=10_000)
+    big = {"x": np.zeros(500)}  # 4 kB of inputs and 4 kB of predictions: one fits, two do not
+    results = [plog.submit(f"r{i}", T0, big, np.zeros(500)) for i in range(3)]
+    assert results == [True, False, False]
+    small = [plog.submit(f"s{i}", T0, {"x": [1.0]}, [0], size_bytes=100) for i in range(30)]
+    assert small.count(True) == 20  # 8 kB + 20 × 100 B fill the 10 kB
+    stats = plog.stats()
+    assert stats["dropped"] == 2 + 10 and stats["queued_bytes"] == 10_000
+    plog.start()
+    plog.close()
+    stats = plog.stats()
+    assert stats["queued_bytes"] == 0 and stats["written_requests"] == 21
+    _stats_add_up(stats)
+    # Once written, the bytes are free again.
+    again = PredictionLog(tmp_path, "iris", "2", max_queue_bytes=10_000, flush_interval_s=0.05)
+    again.start()
+    for i in range(5):
+        assert again.submit(f"r{i}", T0, big, np.zeros(500))
+        _wait_for(lambda: again.stats()["queued_bytes"] == 0)
+    again.close()
+
+
+def test_logs_the_prediction_id_and_trace_id_of_each_request(tmp_path):
+    plog = PredictionLog(tmp_path, "iris", "1")
+    plog.submit("same", T0, {"x": [1.0, 2.0]}, [0, 1], prediction_id="p1", trace_id="t1")
+    plog.submit("same", T0 + 1, {"x": [3.0]}, [1], prediction_id="p2")
+    plog.close()
+    df = read_prediction_log(tmp_path, "iris", "1")
+    assert set(BASE_COLUMNS) <= set(df.columns)
+    assert list(df["prediction_id"]) == ["p1", "p1", "p2"] and list(df["row"]) == [0, 1, 0]
+    assert list(df["trace_id"].fillna("-")) == ["t1", "t1", "-"]
+
+
+def _hour(root: Path, version: str, moment: datetime, rows: int = 2) -> Path:
+    plog = PredictionLog(root, "iris", version)
+    plog.submit(f"at-{moment:%d%H}", moment.timestamp(), {"x": [1.0] * rows}, [0] * rows)
+    plog.close()
+    return root / "model=iris" / f"version={version}" / f"hour={moment:%Y-%m-%dT%H}"
+
+
+def test_prune_deletes_partitions_past_retention_after_recording_them(tmp_path):
+    now = datetime(2024, 5, 20, 12, 30, tzinfo=UTC)
+    old = [_hour(tmp_path, "1", now - timedelta(days=9)), _hour(tmp_path, "2", now - timedelta(days=8), rows=3)]
+    edge = _hour(tmp_path, "2", now - timedelta(days=7, minutes=30))  # ends 30 min after the cutoff
+    fresh = _hour(tmp_path, "2", now - timedelta(hours=1))
+    other_model = PredictionLog(tmp_path, "wine", "1")
+    other_model.submit("w", (now - timedelta(days=30)).timestamp(), {"x": [1.0]}, [0])
+    other_model.close()
+    recorded = []
+    pruned = prune_partitions(tmp_path, "iris", now - timedelta(days=7), lambda v, d: recorded.append((v, d)))
+    assert not any(p.exists() for p in old) and edge.exists() and fresh.exists()
+    assert [v for v, _ in recorded] == ["1", "2"] and set(pruned) == {"1", "2"}
+    details = dict(recorded)["2"]
+    assert details["partitions"] == [old[1].relative_to(tmp_path).as_posix()]
+    assert details["files"] == 1 and details["rows"] == 3 and details["bytes"] > 0
+    assert list((tmp_path / "model=wine").rglob("*.parquet"))  # another model's log is not this server's
+    assert not [p for p in tmp_path.rglob(".pruning-*")]
+    assert prune_partitions(tmp_path, "iris", now - timedelta(days=7)) == {}
+
+
+def test_prune_puts_partitions_back_when_recording_fails(tmp_path):
+    now = datetime(2024, 5, 20, 12, 30, tzinfo=UTC)
+    old = _hour(tmp_path, "1", now - timedelta(days=9))
+
+    def refuse(version, details):
+        raise OSError("ledger unavailable")
+
+    with pytest.raises(OSError):
+        prune_partitions(tmp_path, "iris", now - timedelta(days=7), refuse)
+    assert old.exists() and len(read_prediction_log(tmp_path, "iris")) == 2
+
+
+def test_the_writer_prunes_at_start_and_keeps_writing(tmp_path):
+    old = _hour(tmp_path, "1", datetime.now(UTC) - timedelta(days=3))
+    recorded = []
+    plog = PredictionLog(tmp_path, "iris", "1", retention_s=86400, flush_interval_s=0.05,
+                         on_prune=lambda v, d: recorded.append(d))
+    plog.start()
+    _wait_for(lambda: plog.stats()["pruned_partitions"] == 1)
+    assert not old.exists() and recorded[0]["rows"] == 2
+    plog.submit("new", time.time(), {"x": [1.0]}, [0])
+    plog.close()
+    assert list(read_prediction_log(tmp_path, "iris")["request_id"]) == ["new"]

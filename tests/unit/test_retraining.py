@@ -11,7 +11,10 @@ import pytest
 
 from modelyard.settings import Settings
 from modelyard.spec import parse_spec
-from tasks.retraining import STALE_CLAIM_S, claim_retrain, release_retrain, retrain_outcome, training_frame
+from tasks import retraining
+from tasks.retraining import (
+    STALE_CLAIM_S, claim_retrain, labelled_traffic, release_retrain, retrain_outcome, training_frame,
+)
 
 T0 = 1_800_000_000.0
 
@@ -82,6 +85,7 @@ def test_racing_claims_grant_exactly_one(settings: Settings):
 # --- the training frame -----------------------------------------------------------------
 
 SPEC = parse_spec({"name": "fraud", "task": "binary_classification", "metrics": {"primary": "roc_auc"},
+                   "policy": {"allow_any": True},
                    "data": {"source": "x.csv", "target": "is_fraud", "exclude": ["transaction_id", "timestamp"],
                             "split": {"method": "time", "time_column": "timestamp"}}})
 SOURCE = pd.DataFrame({
@@ -108,6 +112,24 @@ def test_labelled_traffic_joins_the_source_in_its_columns():
     assert added["amount"] == 300.0 and frame["amount"].dtype == "float64"  # in the source's dtype
     assert (added["channel"], added["is_fraud"]) == ("online", 1)
     pd.testing.assert_frame_equal(frame.iloc[:2], SOURCE)
+
+
+def test_labelled_traffic_pairs_labels_by_prediction_id_even_when_client_ids_repeat(settings: Settings, monkeypatch):
+    """The demo's clients once reused transaction ids: each label must still reach its own row."""
+    log = pd.DataFrame({
+        "request_id": ["tx-1", "tx-1", "tx-2"], "prediction_id": ["p-a", "p-b", "p-c"], "row": [0, 0, 0],
+        "time": pd.to_datetime(["2026-02-01 10:00", "2026-02-15 10:00", "2026-02-15 11:00"], utc=True),
+        "prediction": [0, 1, 0], "input.amount": [10.0, 900.0, 20.0], "input.channel": ["pos", "online", "pos"],
+    })
+    monkeypatch.setattr(retraining, "read_prediction_log", lambda root, model: log)
+    labels = pd.DataFrame({"prediction_id": ["p-b", "p-a"], "row": pd.array([pd.NA, pd.NA], dtype="Int64"),
+                           "is_fraud": [1, 0]})
+    traffic = labelled_traffic(settings, SPEC, labels)
+    assert sorted(zip(traffic["amount"], traffic["is_fraud"])) == [(10.0, 0), (900.0, 1)]
+    assert set(traffic.columns) == {"amount", "channel", "request_id", "__time", "is_fraud"}
+    no_ids = log.drop(columns="prediction_id")
+    monkeypatch.setattr(retraining, "read_prediction_log", lambda root, model: no_ids)
+    assert labelled_traffic(settings, SPEC, labels).empty  # no pairing by the client's id
 
 
 def test_retrain_promotes_only_a_passing_version_that_became_champion():

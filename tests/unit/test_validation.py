@@ -47,6 +47,7 @@ def _spec(**validation) -> ModelSpec:
             "task": "binary_classification",
             "data": {"source": "demo.csv", "target": "label"},
             "metrics": {"primary": "roc_auc"},
+            "policy": {"allow_any": True},
             "validation": {
                 "expectations": [
                     {
@@ -266,6 +267,7 @@ def test_explicit_columns_and_features(reference):
             "data": {"source": "demo.csv", "target": "amount", "features": ["count", "color"],
                      "categorical": []},
             "metrics": {"primary": "rmse"},
+            "policy": {"allow_any": True},
         }
     )
     _, expectations = suite_for_model(spec, reference)
@@ -344,7 +346,8 @@ def test_time_100k_rows_by_10_columns():
     )
     spec = parse_spec(
         {"name": "big", "task": "binary_classification",
-         "data": {"source": "big.parquet", "target": "label"}, "metrics": {"primary": "roc_auc"}}
+         "data": {"source": "big.parquet", "target": "label"}, "metrics": {"primary": "roc_auc"},
+         "policy": {"allow_any": True}}
     )
     started = time.perf_counter()
     suite, expectations = suite_for_model(spec, reference)

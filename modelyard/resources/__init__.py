@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from modelyard.ledger import AuditLedger, ledger_from_settings
 from modelyard.resources.inference import InferenceClient
-from modelyard.resources.registry import registry_client
+from modelyard.resources.registry import point_mlflow_at, registry_client
 from modelyard.resources.serving_state import ServingState
 from modelyard.settings import Settings, get_settings
 
@@ -49,4 +49,6 @@ def get_resources(settings: Settings | None = None) -> Resources:
     identity = _identity(settings)
     if identity not in _built:
         _built[identity] = build_resources(settings)
+    else:  # MLflow's fluent calls (mlflow.log_*, set_experiment) follow its process-wide URIs
+        point_mlflow_at(settings)
     return _built[identity]

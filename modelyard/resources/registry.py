@@ -18,10 +18,15 @@ from modelyard.settings import Settings
 SPEC_ARTIFACT = "spec/spec.json"
 
 
-def registry_client(settings: Settings) -> MlflowClient:
-    """Point MLflow at the stack's tracking server and registry (the only construction)."""
+def point_mlflow_at(settings: Settings) -> None:
+    """MLflow's process-wide URIs (used by its fluent API) on the stack of ``settings``."""
     mlflow.set_tracking_uri(settings.mlflow_url)
     mlflow.set_registry_uri(settings.mlflow_url)
+
+
+def registry_client(settings: Settings) -> MlflowClient:
+    """Point MLflow at the stack's tracking server and registry (the only construction)."""
+    point_mlflow_at(settings)
     return MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
 
 

@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Three kinds of test: plain values (unit), the real servers (integration), the closed loop (e2e).
 TESTS := tests/unit tests/integration tests/e2e
 
-.PHONY: help install system-deps demo lint test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout bench-monitoring
+.PHONY: help install system-deps demo lint test test-fast lock stack-up stack-down stack-status clean bench-serving bench-rollout bench-monitoring bench-chaos
 
 help:
 	@echo "make demo    set everything up, start the stack, run the lifecycle demo"
@@ -84,3 +84,9 @@ bench-rollout: install
 
 bench-monitoring: install
 	$(BIN)/python infra/bench/monitoring.py
+
+# A prober through a real stack's stable endpoint while replicas, rollouts and the control plane
+# fail one at a time; writes docs/benchmarks/chaos.md and chaos.png (about 8 minutes on 2 cores).
+bench-chaos: install
+	bash infra/scripts/install-system-packages.sh nginx
+	$(BIN)/python infra/bench/chaos.py

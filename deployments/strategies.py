@@ -2,7 +2,8 @@
 
 A strategy uses a target (where versions run) and a router (where traffic goes) through their
 interfaces only. Every step lands in the rollout's timeline; any failed gate rolls back to the
-previous version — after checking that it is still ready — and says why.
+previous version — after checking that it is still ready — and says why. A rollout that ends
+well carries the proof that its version serves (deployments/desired_state.py).
 
 - ``blue_green``: start the new version beside the old, smoke-test it, move all traffic at once.
 - ``canary``: move traffic in weighted steps; after each bake, judge service gates (error
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 import httpx
 
 from deployments import gates as g
+from deployments.desired_state import prove
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
 from deployments.targets.base import Endpoint, Target, TargetError
 from deployments.targets.kubernetes import KubernetesTarget
@@ -51,6 +53,7 @@ class Rollout:
     timeline: list[dict] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     rollback_s: float | None = None
+    proof: dict | None = None  # what proved the version serves once the rollout was done (desired_state.py)
 
     def step(self, name: str, ok: bool, detail: str = "", **data) -> None:
         """One timeline entry: seconds since the rollout began (``t_s``) and the wall-clock time
@@ -82,14 +85,17 @@ def _switch_all(settings: Settings, target: Target, router: NginxRouter, rollout
     resources = get_resources(settings)
     url = router.route(rollout.model, {new: 100})
     rollout.endpoint_url = url
-    if not resources.inference.wait_serving(url, rollout.version):
-        reason = "the stable endpoint did not answer with the new version after the switch"
+    proof = prove(settings, rollout.model, {rollout.version: 100}, target, router)[0] \
+        if resources.inference.wait_serving(url, rollout.version) else None
+    if proof is None or proof.problem is not None:
+        reason = f"after the switch, {proof.problem if proof else 'the stable endpoint did not answer with the new version'}"
         rollout.step("switch probe", False, reason)
         _roll_back(settings, target, router, rollout, old)
         raise RolloutFailed(reason, rollout.timeline)
     rollout.step("switched", True, f"100% of traffic on v{rollout.version} via {url}", weights={rollout.version: 100})
     resources.serving.record_active(rollout.model, rollout.version, url, rollout.strategy)
-    if old is not None:
+    rollout.proof = proof.as_dict()
+    if old is not None and old.version != rollout.version:
         time.sleep(1.0)  # requests already sent to the old version finish there
         target.stop(rollout.model, old.version)
         rollout.step("retired", True, f"v{old.version} stopped")
@@ -126,14 +132,22 @@ def _version_before(settings: Settings, model: str, current: str) -> str:
 
 def blue_green(settings: Settings, model: str, version: str,
                target: Target | None = None, router: NginxRouter | None = None) -> Rollout:
-    """Start the new version beside the old, gate it, switch all traffic at once, stop the old."""
+    """Start the new version beside the old, gate it, switch all traffic at once, stop the old.
+    The version recorded as active is "already serving" only with the proof (its replicas ready,
+    the stable endpoint answering with it); otherwise it is started like any other."""
     target, router = target or LocalTarget(settings), router or NginxRouter(settings)
     rollout = Rollout(model, version, get_resources(settings).serving.active_version(model), "blue_green")
+    old = None  # the version recorded as active, if it is not serving, is started, never retired
     if rollout.previous == version:
-        rollout.step("already serving", True, f"v{version} is the active version")
-        rollout.endpoint_url = router.url(model)
-        return rollout
-    old = _baseline(settings, target, model)
+        [proof] = prove(settings, model, {version: 100}, target, router)
+        if proof.problem is None:
+            rollout.step("already serving", True, proof.describe(), proof=proof.as_dict())
+            rollout.endpoint_url, rollout.proof = proof.endpoint, proof.as_dict()
+            return rollout
+        rollout.step("not serving", False, f"v{version} is recorded as active, but {proof.problem}: starting it",
+                     proof=proof.as_dict())
+    else:
+        old = _baseline(settings, target, model)
     new = _start_and_smoke(settings, target, rollout)
     _switch_all(settings, target, router, rollout, new, old)
     return rollout
@@ -304,6 +318,14 @@ def _select(settings: Settings, target: KubernetesTarget, rollout: Rollout, endp
     rollout.step("switched", True, f"Service selects v{rollout.version}", weights={rollout.version: 100})
     rollout.endpoint_url = endpoint.url
     get_resources(settings).serving.record_active(rollout.model, rollout.version, endpoint.url, rollout.strategy)
+    rollout.proof = _kubernetes_proof(rollout.version, endpoint)
+
+
+def _kubernetes_proof(version: str, endpoint: Endpoint) -> dict:
+    """On a cluster the proof is the API's: the stable Service selects the version, whose
+    Deployment has an available pod (its in-cluster URL is out of reach from here)."""
+    return {"endpoint": endpoint.url, "version": version, "service_selects": version, "available": True,
+            "at": time.time(), "proven": True}
 
 
 def _undo_switch(target: KubernetesTarget, rollout: Rollout, error: TargetError) -> RolloutFailed:
@@ -318,7 +340,7 @@ def _undo_switch(target: KubernetesTarget, rollout: Rollout, error: TargetError)
 
 
 def _retire(target: KubernetesTarget, rollout: Rollout) -> None:
-    if rollout.previous is not None:
+    if rollout.previous is not None and rollout.previous != rollout.version:
         target.stop(rollout.model, rollout.previous)
         rollout.step("retired", True, f"v{rollout.previous} deleted")
 
@@ -328,8 +350,16 @@ def kubernetes_blue_green(settings: Settings, model: str, version: str, target: 
     target), then the model's stable Service selector moves to it, then the old one is deleted."""
     rollout = Rollout(model, version, _routed_version(target, model), "blue_green")
     if rollout.previous == version:
-        rollout.step("already serving", True, f"the Service already selects v{version}")
-        return rollout
+        try:
+            endpoint = target.endpoint(model, version)
+        except TargetError as error:
+            raise RolloutFailed(f"kubernetes: {error}", rollout.timeline) from error
+        if endpoint is not None:
+            rollout.endpoint_url, rollout.proof = endpoint.url, _kubernetes_proof(version, endpoint)
+            rollout.step("already serving", True, f"the Service already selects v{version}, which has an available pod",
+                         proof=rollout.proof)
+            return rollout
+        rollout.step("not serving", False, f"the Service selects v{version}, which has no available pod: starting it")
     try:
         new = target.start(model, version)
         rollout.step("started", True, f"Deployment of v{version} ready ({new.url})")

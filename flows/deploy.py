@@ -1,4 +1,5 @@
-"""deploy: put a registered version into service with the rollout plan it was built with.
+"""deploy: put a registered version into service with the rollout plan it was built with, and
+record it as deployed only with the proof that it serves (deployments/desired_state.py).
 
 Started by the registry event alone (the ``champion`` alias set in MLflow, bridged to Prefect,
 matched by the trigger in prefect.yaml); ``rollback`` puts the previous version back.
@@ -39,9 +40,12 @@ def deploy(model: str, version: str, alias: str = CHAMPION, strategy: str | None
     if serving.target != "kubernetes":
         monitor_schedule_task(model, version)
     report_kpis(model, version)
-    print(f"{model} v{version} serving at {rollout.endpoint_url} ({rollout.strategy})")
+    proof = rollout.proof or {}
+    print(f"{model} v{version} serving at {rollout.endpoint_url} ({rollout.strategy}); proven at "
+          f"{proof.get('endpoint')}: {proof.get('replicas_ready', '-')}/{proof.get('replicas_desired', '-')} replica(s) "
+          f"ready, /version answered {proof.get('answer')}")
     return {"model": model, "version": version, "endpoint": rollout.endpoint_url, "strategy": rollout.strategy,
-            "timeline": rollout.timeline}
+            "proof": rollout.proof, "timeline": rollout.timeline}
 
 
 @flow(name="rollback", log_prints=True)

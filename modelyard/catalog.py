@@ -47,6 +47,9 @@ class Action(StrEnum):
     SERVING_REPLICA_DOWN = "serving.replica_down"  # the watchdog took a dead or hung replica out of the route
     SERVING_REPLICA_RESTORED = "serving.replica_restored"  # …and put it back once it answered again
     PREDICTION_LOG_PRUNED = "prediction_log.pruned"  # a server deleted log partitions past their retention
+    SERVING_RESTORED = "serving.restored"  # a model's desired state (versions, split) serving again, with the proof
+    SERVING_REPAIRED = "serving.repaired"  # replicas started or a leftover version removed while the model served
+    SERVING_RESTORE_FAILED = "serving.restore_failed"  # the desired state could not be brought back; the reason
 
 
 class Event(StrEnum):

@@ -84,13 +84,23 @@ def record_recovery(model: str, version: str, timeline: list[dict]) -> dict | No
     return recovery
 
 
+class UnprovenRollout(RuntimeError):
+    """A rollout came back without the proof that its version serves: no success is recorded."""
+
+
 @task(name="record-deployed", **INFRA_RETRIES)
 def record_deployed(rollout: Rollout) -> RolloutSummary:
-    """The version tagged as serving, and ``deploy.succeeded`` in the ledger."""
+    """The version tagged as serving, and ``deploy.succeeded`` in the ledger with its proof: the
+    ``/version`` answer through the stable endpoint and the replicas ready of those desired.
+    Without a proof, nothing is recorded as a success."""
+    if not (rollout.proof or {}).get("proven"):
+        raise UnprovenRollout(f"{rollout.model} v{rollout.version}: the rollout ({rollout.strategy}) ended without "
+                              "the proof that the version serves; not recorded as deployed")
     _tag(get_resources().registry, rollout.model, rollout.version, "serving",
          f"{rollout.strategy} via {rollout.endpoint_url}")
     append_audit_record(Action.DEPLOY_SUCCEEDED, f"{rollout.model}/{rollout.version}",
-                        {"endpoint": rollout.endpoint_url, "strategy": rollout.strategy, "timeline": rollout.timeline})
+                        {"endpoint": rollout.endpoint_url, "strategy": rollout.strategy, "proof": rollout.proof,
+                         "timeline": rollout.timeline})
     return RolloutSummary.of(rollout, Action.DEPLOY_SUCCEEDED)
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -28,14 +29,21 @@ class MonitorPlan:
     version: str
     spec: ModelSpec
     run_id: str
-    server_url: str | None
+    server_urls: list[str]  # the version's ready replicas
     deployed_at: float | None
     previous: dict[str, Any]  # what the last run of this version left: where its window ended, metrics
+    unreachable: str | None = None  # why no replica of the version can be read: a service problem
+    rollout_in_progress: bool = False
+
+    @property
+    def server_url(self) -> str | None:
+        return self.server_urls[0] if self.server_urls else None
 
 
 @task(name="monitor-plan", **INFRA_RETRIES)
 def plan_monitoring(model: str) -> MonitorPlan | None:
-    """What serves now, the spec it was built with, and where its server is."""
+    """What serves now, the spec it was built with, and its ready replicas; a version with none
+    (or whose target cannot be asked) is planned as unreachable, with the reason."""
     from deployments.targets.factory import make_target
 
     resources = get_resources()
@@ -46,14 +54,18 @@ def plan_monitoring(model: str) -> MonitorPlan | None:
     if spec is None:
         return None
     run_id = resources.registry.get_model_version(model, version).run_id
+    unreachable = None
     try:
         endpoint = make_target(resources.settings, spec.serving.target).endpoint(model, version)
-    except Exception:  # noqa: BLE001 - a target we cannot reach gives no service verdict, not a crash
-        endpoint = None
+        if endpoint is None:
+            unreachable = f"no replica of v{version} answers its readiness check ({spec.serving.target} target)"
+    except Exception as error:  # noqa: BLE001 - the target's own errors: a service problem, said as such
+        endpoint, unreachable = None, f"the {spec.serving.target} target could not be asked: {error}"
     state = m.load_monitor_state(resources.settings, model)
     previous = state if state.get("version") == version else {}
-    return MonitorPlan(model, version, spec, run_id, endpoint.url if endpoint else None,
-                       resources.serving.served_since(model, version), previous)
+    return MonitorPlan(model, version, spec, run_id, endpoint.urls if endpoint else [],
+                       resources.serving.served_since(model, version), previous, unreachable,
+                       unreachable is not None and resources.serving.rollout_in_progress(model))
 
 
 @task(name="read-window", cache_policy=NO_CACHE)
@@ -163,11 +175,26 @@ def performance_task(plan: MonitorPlan, window: pd.DataFrame) -> m.PerformanceVe
 
 
 @task(name="service-health", cache_policy=NO_CACHE)
-def service_task(plan: MonitorPlan) -> tuple[m.ServiceVerdict | None, dict | None]:
-    if not plan.server_url:
-        return None, None
-    now = m.snapshot_dict(get_resources().inference.scrape(plan.server_url))
-    return m.service_verdict(plan.previous.get("metrics"), now, plan.spec), now
+def service_task(plan: MonitorPlan) -> tuple[m.ServiceVerdict, dict | None]:
+    """Error rate and p99 over every ready replica's ``/metrics`` since the last run (by
+    replica, so that a restarted one counts from zero); unreachable metrics are a service
+    problem: no ready replica, or none whose ``/metrics`` answers."""
+    if plan.unreachable is not None:
+        return m.unreachable_service(plan.unreachable, plan.rollout_in_progress), None
+    inference = get_resources().inference
+    scraped, failed = {}, {}
+    for url in plan.server_urls:
+        try:
+            scraped[url] = m.snapshot_dict(inference.scrape(url))
+        except httpx.HTTPError as error:
+            failed[url] = f"{type(error).__name__}: {error}"
+    if not scraped:
+        return m.unreachable_service(f"/metrics of v{plan.version} did not answer on any ready replica: "
+                                     + "; ".join(f"{url} {why}" for url, why in failed.items())), None
+    previous = plan.previous.get("metrics")
+    before, after = m.replica_window(previous, scraped)
+    kept = {url: previous[url] for url in failed if isinstance(previous, dict) and url in previous}
+    return m.service_verdict(before, after, plan.spec), kept | scraped  # a replica not read now: judged next time
 
 
 @task(name="save-monitor-state", cache_policy=NO_CACHE)

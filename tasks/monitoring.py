@@ -1,6 +1,7 @@
 """Monitoring stage logic: judge one window of a deployed model's traffic four ways — data
 validity, drift, performance on delayed labels, service health — each a plain function, and
-decide which alerts the window raises (docs/monitoring-design.md says why in this order)."""
+decide which alerts the window raises (docs/monitoring-design.md says why in this order). A
+version whose metrics cannot be read is a service problem, never "insufficient data"."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class ServiceVerdict:
     error_rate: float
     p99_ms: float | None
     degraded: bool
+    unreachable: str | None = None  # why the version's metrics could not be read: a service problem
+    rollout_in_progress: bool = False  # a rollout or a restore held the model while it was unreachable
 
 
 @dataclass
@@ -228,6 +231,35 @@ def performance_verdict(window: pd.DataFrame, labels: pd.DataFrame, spec: ModelS
 
 # --- service health ---------------------------------------------------------------------
 
+def unreachable_service(reason: str, rollout_in_progress: bool = False) -> ServiceVerdict:
+    """The verdict on a version whose ``/metrics`` cannot be read (no replica ready, or none
+    answering): degraded, with the reason — never "insufficient data"."""
+    return ServiceVerdict(0, 0.0, None, True, unreachable=reason, rollout_in_progress=rollout_in_progress)
+
+
+def replica_window(before: dict | None, after: dict[str, dict]) -> tuple[dict, dict]:
+    """Two scrapes of a version's replicas (replica URL → metrics, as ``snapshot_dict`` keeps
+    them) added up into one before/after pair over the replicas scraped now. A replica new since
+    the last scrape, or whose counters went back (it restarted), counts from zero; one gone since
+    counts no more."""
+    before = before if isinstance(before, dict) and "by_status" not in before else {}  # an older, merged scrape
+
+    def counters(raw: dict) -> dict[str, float]:
+        return {f"s{k}": v for k, v in raw["by_status"].items()} | {f"b{k}": v for k, v in raw["latency_buckets"].items()}
+
+    merged_before: dict = {"by_status": {}, "latency_buckets": {}}
+    merged_after: dict = {"by_status": {}, "latency_buckets": {}}
+    for url, now in after.items():
+        then = before.get(url)
+        if then is not None and any(value < counters(then).get(key, 0) for key, value in counters(now).items()):
+            then = None  # restarted: its counters began again
+        for merged, raw in ((merged_before, then), (merged_after, now)):
+            for section in ("by_status", "latency_buckets"):
+                for key, value in (raw or {}).get(section, {}).items():
+                    merged[section][key] = merged[section].get(key, 0) + value
+    return merged_before, merged_after
+
+
 def service_verdict(before: dict | None, after: dict, spec: ModelSpec) -> ServiceVerdict:
     """Error rate and p99 between two scrapes of the serving version's /metrics."""
     def snapshot(raw: dict | None) -> MetricsSnapshot:
@@ -271,7 +303,13 @@ def decide_alerts(verdict: WindowVerdict, spec: ModelSpec, fresh_version: bool) 
                             base | {"metric": perf.metric, "value": perf.value, "baseline": perf.baseline,
                                     "drop": perf.drop, "labelled_rows": perf.rows}))
     service = verdict.service
-    if service is not None and service.degraded:
+    if service is not None and service.unreachable is not None:
+        # A fresh version that cannot serve is rolled back, unless a rollout or restore holds it.
+        alerts.append(Alert(Event.SERVICE_DEGRADED, f"service unreachable: {service.unreachable}",
+                            base | {"unreachable": service.unreachable, "requests": 0,
+                                    "rollout_in_progress": service.rollout_in_progress,
+                                    "fresh_version": fresh_version and not service.rollout_in_progress}))
+    elif service is not None and service.degraded:
         alerts.append(Alert(Event.SERVICE_DEGRADED, f"error rate {service.error_rate:.3f}, p99 {service.p99_ms or 0:.1f} ms",
                             base | {"error_rate": service.error_rate, "p99_ms": service.p99_ms,
                                     "requests": service.requests, "fresh_version": fresh_version}))

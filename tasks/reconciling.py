@@ -1,14 +1,16 @@
 """The reconciler's steps: read what the registry wants and what serves, emit the registry
-events the bridge missed, keep every serving model's monitor schedule."""
+events the bridge missed, keep every serving model's monitor schedule, and bring every model's
+running replicas and route back to its desired state (deployments/desired_state.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from deployments.bridge import emit_prefect_event
+from deployments.desired_state import restore
 from deployments.reconcile import alias_event, missed_deploys, recently_in_flight
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, Action
@@ -52,3 +54,25 @@ def ensure_schedules(models: list[str]) -> dict[str, str]:
         if spec is not None:
             changes[model] = ensure_monitor_schedule(model, spec.monitoring.interval_s)
     return changes
+
+
+REPAIR_LOCK_WAIT_S = 5  # a model whose rollout holds its lock longer is left to that rollout
+
+
+@task(name="repair-serving", cache_policy=NO_CACHE)
+def repair_serving() -> list[dict]:
+    """Every model with an active version compared with what runs, and the difference repaired:
+    a version nothing runs started, replicas their supervisor gave up on started, the route
+    applied again, a version an unfinished rollout left behind removed — each proven and
+    recorded (``serving.restored``, ``serving.repaired`` or ``serving.restore_failed``)."""
+    resources = get_resources()
+    repairs = []
+    for model in resources.serving.served_models():
+        outcome = restore(resources.settings, model, "reconcile", lock_timeout_s=REPAIR_LOCK_WAIT_S)
+        if outcome is None:
+            continue
+        if outcome.action is not None:
+            append_audit_record(outcome.action, outcome.subject, outcome.details())
+            get_run_logger().info(outcome.describe())
+        repairs.append(outcome.summary())
+    return repairs

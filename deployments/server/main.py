@@ -37,34 +37,60 @@ def verify_integrity(loaded_digest: str, expected: str | None, model: str) -> No
                              f"{expected[:16]}… at registration: refusing to serve a tampered artifact")
 
 
-def resolve_model_dir(model: str, settings: Settings) -> Path:
+def resolve_model_dir(model: str, settings: Settings, expected_sha256: str | None = None) -> Path:
     """A local directory of the model: ``model`` itself if it is one, else a registry download
-    (``models:/name/version``) cached under the state dir."""
+    (``models:/name/version``) cached under the state dir.
+
+    Replicas starting side by side share the cache, so a download never writes there: each goes
+    into its own directory beside it, is checked against ``expected_sha256`` (when given), and is
+    renamed into place whole. A process that loses the race uses the winner's directory; a
+    reader thus never hashes a half-written model (a false "tampered artifact")."""
     path = Path(model)
     if path.is_dir():
         return path
     if not model.startswith("models:/"):
         raise ValueError(f"'{model}' is neither a model directory nor a models:/ URI")
+    name_version = model.removeprefix("models:/").strip("/").replace("/", "-").replace("@", "-")
+    target = settings.state_dir / "models" / name_version
+    if (target / "MLmodel").exists():
+        return target
+    import shutil
+    import tempfile
+
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_url)
-    name_version = model.removeprefix("models:/").strip("/").replace("/", "-").replace("@", "-")
-    target = settings.state_dir / "models" / name_version
-    if not (target / "MLmodel").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{name_version}.", dir=target.parent))
+    staged.chmod(0o755)  # as a plain mkdir would make it (mkdtemp's is private)
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(staged))
+        if not (staged / "MLmodel").exists():
+            raise ValueError(f"{model}: the download has no MLmodel file")
+        if expected_sha256 is not None:
+            verify_integrity(artifact_digest(staged), expected_sha256, model)
+        if target.exists() and not (target / "MLmodel").exists():
+            shutil.rmtree(target, ignore_errors=True)  # a partial download of an older modelyard
+        try:
+            staged.rename(target)
+        except OSError:
+            if not (target / "MLmodel").exists():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return target
 
 
-def record_prune(settings: Settings, model: str, version: str):
-    """What a server calls before it deletes old prediction log partitions: a ledger record of them."""
+def record_prune(settings: Settings, model: str, actor: str):
+    """What a pruner calls before it deletes old prediction log partitions: a ledger record of
+    them, by ``actor`` (a server, or the host pruning for its containers)."""
     from modelyard.catalog import Action
     from modelyard.ledger import ledger_from_settings
 
     ledger = ledger_from_settings(settings)
 
     def record(pruned_version: str, details: dict) -> None:
-        ledger.append(f"server:{model}/{version}", Action.PREDICTION_LOG_PRUNED, f"{model}/{pruned_version}", details)
+        ledger.append(actor, Action.PREDICTION_LOG_PRUNED, f"{model}/{pruned_version}", details)
 
     return record
 
@@ -92,7 +118,8 @@ def build_app(model_dir: Path, settings: Settings, model: str = "", version: str
                             max_queue=settings.prediction_log_queue, max_queue_bytes=settings.prediction_log_queue_bytes,
                             sample_rate=settings.prediction_log_sample_rate, batch_rows=1000,
                             retention_s=retention_days * 86400 if retention_days > 0 else None,
-                            on_prune=record_prune(settings, runtime.info.model, runtime.info.version))
+                            on_prune=record_prune(settings, runtime.info.model,
+                                                  f"server:{runtime.info.model}/{runtime.info.version}"))
     config = ServerConfig(api_token=token, admin_token=settings.admin_secret(), max_batch=settings.serve_max_batch,
                           max_wait_ms=settings.serve_max_wait_ms, max_body_bytes=settings.serve_max_body_bytes,
                           max_rows=settings.serve_max_rows)
@@ -140,7 +167,7 @@ def serve(model: str, settings: Settings, port: int, host: str | None = None, ve
 
     if model.startswith("models:/"):
         name, number, expected = registered_digest(model, settings)
-        model_dir = resolve_model_dir(f"models:/{name}/{number}", settings)
+        model_dir = resolve_model_dir(f"models:/{name}/{number}", settings, expected)
         app = build_app(model_dir, settings, model=name, version=number, log_predictions=log_predictions,
                         expected_digest=expected, verify=True)
     else:

@@ -63,6 +63,10 @@ STOP_TIMEOUT_S = 30
 # Docker restarts a container whose server exits, with its own growing delay; `docker stop` (a
 # rollout retiring a version) is not undone.
 RESTART_POLICY = {"Name": "unless-stopped"}
+# Secrets of the stack a model server never uses: a container (whose model code runs in it)
+# does not get them. The ledger's key above all: the ledger is the host's to write and sign.
+WITHHELD_ENV = ("MODELYARD_DATABASE_URL", "MODELYARD_WEBHOOK_SECRET", "MODELYARD_LEDGER_KEY")
+PRUNER = "host:docker-target"
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,16 @@ def build_context(settings: Settings, model_dir: Path, wheelhouse: Path, root: P
     return root
 
 
+def container_environment(settings: Settings, replica: Replica) -> dict[str, str]:
+    """A replica's environment: the stack's settings less the secrets it never needs, its port
+    and socket, and no prediction log retention. A container cannot record a prune in the
+    ledger (it has neither the ledger nor its key), so it never deletes partitions: the host
+    does, with a ledger record (``DockerTarget.prune_logs``)."""
+    env = {key: value for key, value in settings.child_env().items() if key not in WITHHELD_ENV}
+    return {**env, "MODELYARD_PREDICTION_LOG_RETENTION_DAYS": "0", "PORT": str(replica.port),
+            "UDS": str(replica.socket)}
+
+
 def _log_tail(container, lines: int = 20) -> str:
     try:
         return container.logs(tail=lines).decode(errors="replace").strip()
@@ -325,7 +339,7 @@ class DockerTarget:
         uds = Path(replica.socket)
         return self.client.containers.run(
             image.id, detach=True, name=replica.handle, network_mode="host",
-            environment={**self.settings.child_env(), "PORT": str(replica.port), "UDS": str(uds)},
+            environment=container_environment(self.settings, replica),
             # Same paths inside and out: the socket the router connects to, the log the monitor reads.
             volumes={str(uds.parent): {"bind": str(uds.parent), "mode": "rw"},
                      str(logs): {"bind": str(logs), "mode": "rw"}},
@@ -339,6 +353,7 @@ class DockerTarget:
         is ready."""
         import docker.errors
 
+        self.prune_logs(model)
         running = self.endpoint(model, version)
         count = self.replica_count or desired_replicas(self.settings, model, version)
         if running is not None and len(running.replicas) == count:
@@ -380,6 +395,22 @@ class DockerTarget:
         from modelyard.resources import get_resources
 
         return get_resources(self.settings).serving
+
+    def prune_logs(self, model: str) -> dict[str, dict]:
+        """The prediction log retention of a model its containers serve (they never prune, see
+        ``container_environment``): partitions older than the host's
+        ``prediction_log_retention_days`` are recorded in the ledger, then deleted. Run at every
+        start; what was deleted, by version."""
+        from datetime import UTC, datetime, timedelta
+
+        from deployments.server.main import record_prune
+        from deployments.server.prediction_log import prune_partitions
+
+        days = self.settings.prediction_log_retention_days
+        if days <= 0:
+            return {}
+        return prune_partitions(self.settings.prediction_log_dir, model, datetime.now(UTC) - timedelta(days=days),
+                                record_prune(self.settings, model, PRUNER))
 
     def restart_replica(self, handle: str, hung: bool, pid: int | None = None) -> str:
         """Have a lost replica started again; what was done. A hung container is restarted at

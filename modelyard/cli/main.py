@@ -47,9 +47,30 @@ def _print_status(rows) -> None:
     console.print(table)
 
 
+def _print_serving(rows) -> None:
+    """Each serving model: its versions with their traffic share, replicas and restarts."""
+    if not rows:
+        console.print("serving: no model")
+        return
+    table = Table(title="serving")
+    for column in ("model", "version", "traffic", "replicas alive/desired", "restarts", "endpoint", "health"):
+        table.add_column(column)
+    for row in rows:
+        colour = "green" if row.healthy else "red"
+        for index, version in enumerate(row.versions or [{}]):
+            first = index == 0
+            table.add_row(row.model if first else "", f"v{version['version']}" if version else "-",
+                          f"{version.get('weight', 0)}%" if version else "-",
+                          f"{version['replicas_alive']}/{version['replicas_desired'] or '?'}" if version else "-",
+                          str(version.get("restarts", 0)) if version else "-", (row.url or "-") if first else "",
+                          f"[{colour}]{row.detail}[/{colour}]" if first else "")
+    console.print(table)
+
+
 @stack_app.command("up")
 def stack_up() -> None:
-    """Start the Prefect server, MLflow server, worker and deployments (harmless if running)."""
+    """Start the Prefect server, MLflow server, worker and deployments (harmless if running), then
+    serve every model again at its versions and traffic split; exit 1 if one cannot be."""
     stack = _stack()
     try:
         rows = stack.up()
@@ -57,7 +78,13 @@ def stack_up() -> None:
         errors.print(f"[red]stack up failed:[/red] {error}")
         raise typer.Exit(1) from error
     _print_status(rows)
+    _print_serving(stack.serving_status())
     console.print(f"Prefect UI: {stack.settings.prefect_ui_url}\nMLflow UI:  {stack.settings.mlflow_url}")
+    failed = [restore for restore in stack.restores if restore.problem is not None]
+    for restore in failed:
+        errors.print(f"[red]not serving:[/red] {restore.describe()}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @stack_app.command("down")
@@ -69,13 +96,18 @@ def stack_down() -> None:
 
 @stack_app.command("status")
 def stack_status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Each component with its pid, URL and health; exit 1 if any is unhealthy."""
-    rows = _stack().status()
+    """Each component with its pid, URL and health, then each serving model (versions, traffic
+    share, replicas alive/desired, restarts, endpoint); exit 1 if any is unhealthy."""
+    stack = _stack()
+    rows = stack.status()
+    serving = stack.serving_status()
     if as_json:
-        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        print(json.dumps([{**row.as_dict(), "kind": "component"} for row in rows]
+                         + [row.as_dict() for row in serving], indent=2))
     else:
         _print_status(rows)
-    if not all(row.healthy for row in rows):
+        _print_serving(serving)
+    if not all(row.healthy for row in [*rows, *serving]):
         raise typer.Exit(1)
 
 

@@ -1,7 +1,9 @@
 """The embedded stack (Prefect server, MLflow server, worker, registry bridge, serving watchdog,
 deployments), every process a program of the stack's supervisord (modelyard/processes.py):
 ``up`` starts what is not running and fails naming the log of a component that does not come
-up; ``down`` stops only what ``up`` started, serving replicas and nginx included.
+up, then brings every model back to the versions and traffic split it served, proven through
+its stable endpoint (deployments/desired_state.py); ``down`` stops only what ``up`` started,
+serving replicas and nginx included; ``status`` lists the components and each serving model.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -34,6 +37,10 @@ PROCESS_COMPONENTS = (WATCHDOG, PREFECT_WORKER, REGISTRY_BRIDGE, MLFLOW_SERVER, 
 PRIORITY = {PREFECT_SERVER: 100, MLFLOW_SERVER: 200, REGISTRY_BRIDGE: 300, PREFECT_WORKER: 400, WATCHDOG: 950}
 
 Progress = Callable[[str], None]
+RESTORE_WORKERS = 4  # models restored side by side on `up`
+
+if TYPE_CHECKING:  # the resources package imports MLflow: seconds that `stack down` need not pay
+    from deployments.desired_state import Restore
 
 
 class StackError(RuntimeError):
@@ -52,6 +59,40 @@ class ComponentStatus:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class ServingStatus:
+    """One model as `stack status` lists it: each version with its traffic share, replicas
+    alive (ready) of those desired and restarts (losses the watchdog detected), the stable
+    endpoint and what it answers."""
+
+    model: str
+    url: str | None
+    healthy: bool
+    detail: str
+    versions: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.model, "kind": "serving", "pid": None, "url": self.url, "healthy": self.healthy,
+                "detail": self.detail, "versions": self.versions}
+
+
+def serving_health(split: dict[str, int], versions: list[dict], answered: str | None) -> tuple[bool, str]:
+    """Whether a model serves as it should, and why not: every version of its split has all its
+    replicas alive, and the stable endpoint answers with a version of the split."""
+    problems = []
+    if not split:
+        problems.append("no active version")
+    for row in versions:
+        if row["version"] not in split:
+            problems.append(f"v{row['version']} runs outside the route")
+        elif row["replicas_desired"] is None or row["replicas_alive"] < row["replicas_desired"]:
+            problems.append(f"v{row['version']} has {row['replicas_alive']}/{row['replicas_desired'] or '?'} replicas")
+    if split and answered not in split:
+        problems.append("the stable endpoint does not answer" if answered is None
+                        else f"the stable endpoint answers v{answered}")
+    return not problems, "; ".join(problems) or f"serving; the stable endpoint answers v{answered}"
+
+
 def _venv_bin(tool: str) -> str:
     """The console script ``tool`` of the interpreter running modelyard."""
     candidate = Path(sys.executable).parent / tool
@@ -65,6 +106,7 @@ class Stack:
         self.settings = settings
         self.processes = stack_supervisor(settings)
         self._progress = progress or (lambda message: None)
+        self.restores: list[Restore] = []  # what the last `up` restored, per model
 
     # -- environment of the child processes -------------------------------------------------
 
@@ -228,7 +270,30 @@ class Stack:
         if notifications != "unchanged":
             self._progress(f"alert notifications: {notifications}"
                            + (f" → {self.settings.notify_url}" if self.settings.notify_url else " (set MODELYARD_NOTIFY_URL)"))
+        self.restores = self.restore_serving()
         return self.status()
+
+    def restore_serving(self) -> list[Restore]:
+        """Every model with an active version serving again at its versions and traffic split:
+        started, routed and proven through its stable endpoint (models side by side). A restore,
+        a repair or a failed restore is recorded in the ledger with its proof or its reason."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from deployments.desired_state import restore
+        from modelyard.audit import append_audit_record
+        from modelyard.resources.serving_state import ServingState
+
+        models = ServingState(self.settings.state_dir).served_models()
+        if not models:
+            return []
+        with ThreadPoolExecutor(max_workers=min(RESTORE_WORKERS, len(models))) as pool:
+            outcomes = [o for o in pool.map(lambda model: restore(self.settings, model, "stack up"), models)
+                        if o is not None]
+        for outcome in outcomes:
+            if outcome.action is not None:
+                append_audit_record(outcome.action, outcome.subject, outcome.details(), settings=self.settings)
+            self._progress(outcome.describe())
+        return outcomes
 
     def _prefect_command(self) -> list[str]:
         return [
@@ -410,6 +475,58 @@ class Stack:
             self._progress(f"stopped {name}")
             stopped.append(name)
         return stopped
+
+    def _replica_restarts(self) -> dict[tuple[str, str], int]:
+        """Losses of each version's replicas (model, version → count) that the watchdog detected
+        and restarted since it started, from its heartbeat."""
+        from deployments.watchdog import HEARTBEAT
+
+        try:
+            beat = json.loads((self.settings.run_dir / HEARTBEAT).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        restarts: dict[tuple[str, str], int] = {}
+        for replica in beat.get("replicas", []):
+            key = (replica["model"], replica["version"])
+            restarts[key] = restarts.get(key, 0) + int(replica.get("downs", 0))
+        return restarts
+
+    def serving_status(self) -> list[ServingStatus]:
+        """Each model that serves or should (an active version) or runs a version: per version its
+        share of traffic, replicas alive/desired, restarts; the stable endpoint and its answer."""
+        from deployments.desired_state import desired_split
+        from deployments.targets.factory import make_target
+        from deployments.traffic.nginx import NginxRouter
+        from modelyard.resources import get_resources
+
+        resources = get_resources(self.settings)
+        serving = resources.serving
+        router = NginxRouter(self.settings)
+        restarts = self._replica_restarts()
+        rows = []
+        for model in sorted(set(serving.served_models()) | set(serving.replicated_models())):
+            split = desired_split(serving.active_version(model), router.weights(model))
+            records = serving.replicas(model)
+            versions = []
+            for version in [*split, *(v for v in records if v not in split)]:
+                record = records.get(version)
+                alive = 0
+                if record is not None:
+                    try:
+                        endpoint = make_target(self.settings, record["target"]).endpoint(model, version)
+                        alive = len(endpoint.replicas) if endpoint is not None else 0
+                    except Exception:  # noqa: BLE001 - a target that cannot be asked has nothing alive to show
+                        alive = 0
+                versions.append({"version": version, "weight": split.get(version, 0), "replicas_alive": alive,
+                                 "replicas_desired": len(record["replicas"]) if record else None,
+                                 "restarts": restarts.get((model, version), 0),
+                                 "target": record["target"] if record else None})
+            url = router.url(model) if router.state(model) else None
+            answer = resources.inference.version_info(url) if url and router.running() else None
+            answered = answer.get("version") if answer else None
+            healthy, detail = serving_health(split, versions, str(answered) if answered is not None else None)
+            rows.append(ServingStatus(model, url, healthy, detail, versions))
+        return rows
 
     def status(self) -> list[ComponentStatus]:
         rows = []

@@ -111,13 +111,20 @@ class InferenceClient:
         except httpx.HTTPError:
             return False
 
-    def serving_version(self, url: str) -> str | None:
-        """The version ``url`` answers with now (None when it does not answer)."""
+    def version_info(self, url: str) -> dict | None:
+        """``url``'s ``/version`` answer (model, version, artifact sha256, …); None when it does
+        not answer 200 with a JSON object."""
         try:
             answer = httpx.get(f"{url}/version", headers=self.headers, timeout=2)
-        except httpx.HTTPError:
+            info = answer.json() if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
             return None
-        return answer.json().get("version") if answer.status_code == 200 else None
+        return info if isinstance(info, dict) else None
+
+    def serving_version(self, url: str) -> str | None:
+        """The version ``url`` answers with now (None when it does not answer)."""
+        info = self.version_info(url)
+        return info.get("version") if info is not None else None
 
     def wait_serving(self, url: str, version: str, timeout_s: float = 10, streak_needed: int = 3) -> bool:
         """Until ``url`` answers with ``version`` several times in a row (True), or ``timeout_s``."""

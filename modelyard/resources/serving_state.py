@@ -95,6 +95,14 @@ class ServingState:
                 return None
             time.sleep(poll_s)
 
+    def served_models(self) -> list[str]:
+        """Models with an active record: what should serve (and come back after a restart)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(name for name in (path.name.removesuffix(".active.json")
+                                        for path in self.directory.glob("*.active.json"))
+                      if self.active_record(name) is not None)
+
     def history(self, model: str) -> list[HistoryEntry]:
         """Every version that became active, oldest first."""
         return self._read(model, "history.json", [])

@@ -9,14 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -26,12 +21,12 @@ from modelyard.cli.stack import REGISTRY_BRIDGE, Stack
 from modelyard.ledger import ledger_from_settings
 from modelyard.processes import Program, Supervisor
 from modelyard.resources.serving_state import ServingState
+from tests.support.prober import Prober
 from tests.support.stacks import quiet
 from tests.support.waits import prefect_events, wait_until
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 MODEL = "heal-bc"
-PROBES_PER_S = 25
 DETECT_BOUND_S = 2.0
 ALL_DEAD_BOUND_S = 5.0
 
@@ -71,66 +66,6 @@ def test_a_stack_component_killed_with_9_is_restarted_by_the_supervisor(sqlite_s
 
 
 # -- replicas behind the stable endpoint --------------------------------------------------------
-
-@dataclass
-class Probe:
-    sent: float
-    ended: float
-    status: int | str
-    request_id: str
-
-
-@dataclass
-class Prober:
-    """Single-row requests through the stable endpoint at a fixed rate, each with its own id."""
-
-    url: str
-    body: dict
-    rate: float = PROBES_PER_S
-    probes: list[Probe] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=16)
-        self._client = httpx.Client(timeout=15, limits=httpx.Limits(max_connections=16))
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _one(self) -> None:
-        request_id, sent = uuid.uuid4().hex, time.time()
-        try:
-            status: int | str = self._client.post(f"{self.url}/invocations", json=self.body,
-                                                  headers={"X-Request-ID": request_id}).status_code
-        except httpx.HTTPError as error:
-            status = type(error).__name__
-        with self._lock:
-            self.probes.append(Probe(sent, time.time(), status, request_id))
-
-    def _run(self) -> None:
-        began = time.monotonic()
-        n = 0
-        while not self._stop.is_set():
-            self._pool.submit(self._one)
-            n += 1
-            time.sleep(max(0.0, began + n / self.rate - time.monotonic()))
-
-    def __enter__(self) -> Prober:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._pool.shutdown(wait=True)
-        self._client.close()
-
-    @property
-    def failed(self) -> list[Probe]:
-        return [p for p in self.probes if p.status != 200]
-
-    def rate_seen(self) -> float:
-        return len(self.probes) / (max(p.sent for p in self.probes) - min(p.sent for p in self.probes))
-
 
 def _body() -> dict:
     from sklearn.datasets import load_breast_cancer

@@ -281,3 +281,61 @@ def test_verdict_is_json_safe_for_the_ledger_and_the_ui():
     verdict = _verdict(data_valid=True, performance=HEALTHY, service=ServiceVerdict(10, 0.0, np.float64(3.5), False))
     as_dict = verdict.as_dict()
     assert as_dict["performance"]["value"] == 0.89 and as_dict["service"]["p99_ms"] == 3.5
+
+
+# --- a service that cannot be read ------------------------------------------------------------
+
+def _few_rows() -> pd.DataFrame:
+    times = pd.date_range("2026-11-26T10:00:00", periods=3, freq="s", tz="UTC")
+    return pd.DataFrame({"time": times, "prediction": [0, 1, 0]})
+
+
+def test_unreachable_metrics_are_a_service_problem_never_insufficient_data():
+    from tasks.monitoring import open_verdict, unreachable_service
+
+    verdict = open_verdict("fraud", "3", _few_rows(), unreachable_service("no replica of v3 answers its readiness check"),
+                           min_rows=200)
+    verdict.conclude(decide_alerts(verdict, SPEC, fresh_version=True))
+    [alert] = verdict.alerts
+    assert alert.event == Event.SERVICE_DEGRADED and verdict.status == "alert" != INSUFFICIENT_DATA
+    assert alert.reason == "service unreachable: no replica of v3 answers its readiness check"
+    assert alert.numbers["unreachable"] and alert.numbers["fresh_version"] is True
+
+
+def test_a_model_with_few_rows_and_a_healthy_service_is_only_insufficient_data():
+    from tasks.monitoring import open_verdict
+
+    verdict = open_verdict("fraud", "3", _few_rows(), service_verdict(_scrape(10, 0, 0.005), _scrape(12, 0, 0.005),
+                                                                      SPEC), min_rows=200)
+    verdict.conclude(decide_alerts(verdict, SPEC, fresh_version=True))
+    assert verdict.status == INSUFFICIENT_DATA and verdict.alerts == []
+
+
+def test_an_unreachable_version_a_rollout_or_restore_holds_is_not_rolled_back_for_it():
+    from tasks.monitoring import unreachable_service
+
+    [alert] = decide_alerts(_verdict(service=unreachable_service("no replica ready", rollout_in_progress=True)), SPEC,
+                            fresh_version=True)
+    assert alert.numbers["fresh_version"] is False and alert.numbers["rollout_in_progress"] is True
+
+
+def test_replica_windows_count_a_restarted_or_new_replica_from_zero_and_forget_a_gone_one():
+    from tasks.monitoring import replica_window
+
+    before = {"a": _scrape(100, 0, 0.005), "b": _scrape(500, 5, 0.005), "gone": _scrape(900, 90, 0.005)}
+    after = {"a": _scrape(150, 0, 0.005), "b": _scrape(20, 1, 0.005), "new": _scrape(30, 0, 0.005)}
+    then, now = replica_window(before, after)
+    verdict = service_verdict(then, now, SPEC)
+    assert verdict.requests == 50 + 21 + 30 and verdict.error_rate == pytest.approx(1 / 101)
+    assert replica_window(_scrape(1, 0, 0.005), after)[0] == {"by_status": {}, "latency_buckets": {}}  # an older, merged scrape
+
+
+def test_metrics_that_no_ready_replica_answers_are_reported_unreachable():
+    from tasks.monitor_steps import MonitorPlan, service_task
+
+    plan = MonitorPlan("fraud", "3", SPEC, "run", ["http://127.0.0.1:9"], None, {})
+    verdict, metrics = service_task.fn(plan)
+    assert verdict.degraded and metrics is None
+    assert verdict.unreachable.startswith("/metrics of v3 did not answer on any ready replica: http://127.0.0.1:9")
+    nothing_ready = MonitorPlan("fraud", "3", SPEC, "run", [], None, {}, unreachable="no replica of v3 answers")
+    assert service_task.fn(nothing_ready)[0].unreachable == "no replica of v3 answers"

@@ -11,7 +11,6 @@ Run with `make bench-chaos`; writes docs/benchmarks/chaos.md and chaos.png.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re

@@ -34,6 +34,8 @@ MAX_SOCKET_PATH = 104
 # supervisord's process states (supervisor.states.ProcessStates), by name.
 ALIVE_STATES = frozenset({"STARTING", "RUNNING", "BACKOFF"})
 EXITED_STATES = frozenset({"BACKOFF", "EXITED", "FATAL"})
+# The event listener every stack's supervisord runs (modelyard.group_reaper).
+GROUP_REAPER = "group-reaper"
 
 
 class SupervisorError(RuntimeError):
@@ -95,8 +97,12 @@ def render_program(program: Program, log_path: Path) -> str:
 
 
 def render_supervisord_conf(socket_path: Path, pid_file: Path, log_file: Path, programs_dir: Path,
-                            directory: Path) -> str:
-    """supervisord's own configuration: its socket (owner only), log, pid file and include dir."""
+                            directory: Path, python: str = sys.executable) -> str:
+    """supervisord's own configuration: its socket (owner only), log, pid file, include dir, and
+    the group reaper (``modelyard.group_reaper``), which kills the orphans of a program whose
+    main process died by itself so that its restart finds its port free."""
+    reaper = _escape(shlex.join([python, "-m", "modelyard.group_reaper"]))
+    reaper_log = _escape(str(log_file.with_name(f"{GROUP_REAPER}.log")))
     return f"""; rendered by modelyard; do not edit. Programs: one file each in {programs_dir}.
 [unix_http_server]
 file={_escape(str(socket_path))}
@@ -113,6 +119,14 @@ nocleanup=true
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[eventlistener:{GROUP_REAPER}]
+command={reaper}
+events=PROCESS_STATE_EXITED
+priority=1
+autorestart=true
+stderr_logfile={reaper_log}
+stderr_logfile_maxbytes=1MB
 
 [include]
 files = {_escape(str(programs_dir))}/*.conf
@@ -233,7 +247,7 @@ class Supervisor:
         pid = self.pid()
         if pid is None:
             return []
-        alive = [info.name for info in self.processes().values() if info.alive]
+        alive = [info.name for info in self.processes().values() if info.alive and info.name != GROUP_REAPER]
         try:
             self._rpc().shutdown()
         except (OSError, xmlrpc.client.Error):

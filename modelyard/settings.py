@@ -147,10 +147,22 @@ class Settings(BaseSettings):
     def mlflow_artifacts_dir(self) -> Path:
         return self.state_dir / "mlflow" / "artifacts"
 
-    def child_env(self) -> dict[str, str]:
-        """What every child process needs to see these same settings: the MODELYARD_* variables,
-        and this stack's MLflow as the tracking URI, so that no MLflow call anywhere falls back
-        to MLflow's default store (``./mlflow.db`` in the working directory)."""
+    @cached_property
+    def credentials_dir(self) -> Path:
+        """Generated credentials and keys, one 0600 file each (the directory is 0700)."""
+        return self.run_dir / "credentials"
+
+    def credential(self, name: str, make: Callable[[], str] | None = None) -> str:
+        """The credential ``name``: generated once (``make``, default 32 random url-safe bytes)
+        into ``credentials_dir/name`` (0600), the same for every process of this stack."""
+        self.credentials_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials_dir.chmod(0o700)
+        return kept_secret(self.credentials_dir / name, make or (lambda: secrets.token_urlsafe(32)))
+
+    def base_env(self) -> dict[str, str]:
+        """What every child process may see: where this stack is, and no secret at all. This
+        stack's MLflow is the tracking URI, so that no MLflow call anywhere falls back to
+        MLflow's default store (``./mlflow.db`` in the working directory)."""
         env = {
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -166,6 +178,21 @@ class Settings(BaseSettings):
         }
         if self.notify_url:
             env["MODELYARD_NOTIFY_URL"] = self.notify_url
+        return env
+
+    def replica_env(self) -> dict[str, str]:
+        """A model server's environment: ``base_env`` and its own tokens (inference, admin);
+        never the database URL, the webhook secret, registry credentials or ledger keys."""
+        env = self.base_env()
+        if self.api_token is not None:
+            env["MODELYARD_API_TOKEN"] = self.api_token.get_secret_value()
+        env["MODELYARD_ADMIN_TOKEN"] = self.admin_secret()
+        return env
+
+    def child_env(self) -> dict[str, str]:
+        """A trusted component's environment (worker and its flow runs, bridge, watchdog, the
+        CLI): ``base_env`` and the secrets those components use."""
+        env = self.base_env()
         for name in ("database_url", "api_token", "webhook_secret", "ledger_key"):
             value = getattr(self, name)
             if value is not None:

@@ -12,17 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from deployments.targets.local import LocalTarget
 from modelyard.catalog import Action, Event, model_resource_id
-from modelyard.cli.stack import REGISTRY_BRIDGE, Stack
+from modelyard.cli.stack import MLFLOW_SERVER, REGISTRY_BRIDGE, Stack
 from modelyard.ledger import ledger_from_settings
-from modelyard.processes import Program, Supervisor
+from modelyard.processes import Program, Supervisor, port_in_use
 from modelyard.resources.serving_state import ServingState
 from tests.support.prober import Prober
-from tests.support.stacks import quiet
+from tests.support.stacks import free_port, quiet
 from tests.support.waits import prefect_events, wait_until
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
@@ -56,13 +57,44 @@ def test_supervisord_restarts_a_killed_program_and_adds_and_removes_programs_at_
     assert pid is not None and not Path(f"/proc/{pid}").exists()
 
 
+def test_the_orphans_of_a_killed_forking_program_are_reaped_so_its_restart_can_listen(tmp_path):
+    """A parent that starts the process that really listens (as ``mlflow server`` does): kill -9
+    of the parent must not leave the child holding the port."""
+    supervisor = Supervisor(tmp_path / "sv", tmp_path / "logs")
+    supervisor.start(dict(os.environ))
+    port = free_port()
+    child = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(600)"
+    parent = ("import subprocess, sys; "
+              f"sys.exit(subprocess.Popen([sys.executable, '-c', {child!r}]).wait())")
+    try:
+        supervisor.ensure(Program("forker", [sys.executable, "-c", parent], tmp_path, startsecs=1))
+        first = _pid_of(supervisor, "forker")
+        wait_until(lambda: port_in_use("127.0.0.1", port), 10, "the child listening")
+        orphan = psutil.Process(first).children()[0]
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE, 10,
+                   "the orphan reaped")
+        restarted = wait_until(lambda: (p := _pid_of(supervisor, "forker")) != first and p, 20, "forker restarted")
+        wait_until(lambda: port_in_use("127.0.0.1", port), 10, "the restarted child listening")
+        assert psutil.Process(restarted).children()[0].pid != orphan.pid
+    finally:
+        supervisor.shutdown()
+
+
+def _pid_of(supervisor: Supervisor, name: str) -> int:
+    return wait_until(lambda: (info := supervisor.info(name)) and info.state == "RUNNING" and info.pid, 20,
+                      f"{name} running")
+
+
 @pytest.mark.stack
-def test_a_stack_component_killed_with_9_is_restarted_by_the_supervisor(sqlite_stack: Stack):
-    before = sqlite_stack.processes.info(REGISTRY_BRIDGE).pid
+@pytest.mark.parametrize("component", [REGISTRY_BRIDGE, MLFLOW_SERVER])
+def test_a_stack_component_killed_with_9_is_restarted_by_the_supervisor(sqlite_stack: Stack, component: str):
+    healthy = {REGISTRY_BRIDGE: sqlite_stack.bridge_healthy, MLFLOW_SERVER: sqlite_stack.mlflow_healthy}[component]
+    before = sqlite_stack.processes.info(component).pid
     os.kill(before, signal.SIGKILL)
-    wait_until(lambda: (info := sqlite_stack.processes.info(REGISTRY_BRIDGE)).pid not in (None, before)
-               and info.state == "RUNNING" and sqlite_stack.bridge_healthy(), 30, "the bridge restarted")
-    assert {row.name: row.healthy for row in sqlite_stack.status()}[REGISTRY_BRIDGE]
+    wait_until(lambda: (info := sqlite_stack.processes.info(component)).pid not in (None, before)
+               and info.state == "RUNNING" and healthy(), 60, f"{component} restarted and healthy")
+    assert {row.name: row.healthy for row in sqlite_stack.status()}[component]
 
 
 # -- replicas behind the stable endpoint --------------------------------------------------------

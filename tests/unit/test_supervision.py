@@ -12,8 +12,9 @@ import pytest
 
 from deployments.targets.base import Endpoint, Replica
 from deployments.traffic.nginx import SLOTS, live_replicas, render_model_conf, slot_layout, spread_replicas
-from deployments.watchdog import FAILURES_TO_DOWN, Outcome, Watch, assess, down_record, restored_record
+from deployments.watchdog import FAILURES_TO_DOWN, container_models, Outcome, Watch, assess, down_record, restored_record
 from modelyard.catalog import TRACE_HEADER
+from modelyard.group_reaper import orphan_group
 from modelyard.processes import Program, render_program, render_supervisord_conf
 from modelyard.resources.inference import MetricsSnapshot, merge_snapshots
 from modelyard.spec import SpecError, parse_spec
@@ -56,6 +57,17 @@ def test_supervisord_listens_on_an_owner_only_socket_and_includes_one_file_per_p
     assert conf["include"]["files"] == f"{tmp_path / 'programs'}/*.conf"
     assert "inet_http_server" not in conf  # no TCP port: XML-RPC on the unix socket only
     assert conf["rpcinterface:supervisor"]["supervisor.rpcinterface_factory"].endswith("make_main_rpcinterface")
+    # The group reaper listens for exits of any program's main process.
+    reaper = conf["eventlistener:group-reaper"]
+    assert reaper["events"] == "PROCESS_STATE_EXITED"
+    assert shlex.split(reaper["command"])[1:] == ["-m", "modelyard.group_reaper"]
+
+
+def test_the_group_reaper_kills_the_group_of_an_exited_main_process_only():
+    assert orphan_group("PROCESS_STATE_EXITED", {"processname": "mlflow-server", "pid": "4242"}) == 4242
+    assert orphan_group("PROCESS_STATE_STOPPED", {"pid": "4242"}) is None  # stopped by supervisord: group already killed
+    assert orphan_group("PROCESS_STATE_EXITED", {"pid": ""}) is None
+    assert orphan_group("PROCESS_STATE_EXITED", {"pid": "1"}) is None  # never init's group
 
 
 @pytest.mark.parametrize("canary", [0, 10, 25, 50])
@@ -139,3 +151,9 @@ def test_kubernetes_runs_the_spec_replicas_with_a_disruption_budget():
     objects = {o["kind"]: o for o in render_manifests(spec, "2", "img:2")}
     assert objects["Deployment"]["spec"]["replicas"] == spec.serving.replicas == 2
     assert objects["PodDisruptionBudget"]["spec"]["minAvailable"] == 1  # one pod is always left to serve
+
+
+def test_the_watchdog_prunes_the_prediction_logs_of_container_served_models_only():
+    watches = [Watch("a", "1", "docker", 0, "/s/a0", "c0"), Watch("a", "1", "docker", 1, "/s/a1", "c1"),
+               Watch("b", "2", "local", 0, "/s/b0", "serve-b")]
+    assert container_models(watches) == {"a"}

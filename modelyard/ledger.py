@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass

@@ -64,3 +64,10 @@ def recently_in_flight(records: list[dict], now: datetime, grace_s: float) -> di
         if model and version:
             found.setdefault(model, set()).add(version)
     return found
+
+
+def refused_names(records: list[dict], entry: str) -> set[str]:
+    """The values ``name.refused`` records of ``entry`` already name: a name refused once is not
+    recorded again at every reconcile run."""
+    return {str(record.get("details", {}).get("value")) for record in records
+            if record.get("action") == Action.NAME_REFUSED and record.get("subject") == entry}

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,7 +31,7 @@ PERIOD_S = 0.5
 PROBE_TIMEOUT_S = 0.5
 FAILURES_TO_DOWN = 2  # of slow or not-ready probes; a refused, stopped or exited replica is down at once
 RESTART_AGAIN_S = 10.0  # a replica still down and not being restarted is restarted again after this
-PRUNE_EVERY_S = 3600.0  # prediction log retention of container-served models (containers never prune)
+PRUNE_EVERY_S = 3600.0  # prediction log retention of every served model (servers never prune: a prune is a ledger write)
 HEARTBEAT = "watchdog.json"
 ACTOR = "watchdog"
 
@@ -110,11 +109,6 @@ def restored_record(watch: Watch, now: float) -> dict:
             "outage_s": round(now - watch.lost_ready_at, 3) if watch.lost_ready_at else None}
 
 
-def container_models(watches: Iterable[Watch]) -> set[str]:
-    """The models with a replica in a container (their prediction logs are pruned by the host)."""
-    return {watch.model for watch in watches if watch.target == "docker"}
-
-
 def heartbeat_age(settings: Settings) -> float | None:
     """Seconds since the watchdog's last round of probes (None if it never ran)."""
     try:
@@ -136,7 +130,7 @@ class Watchdog:
         self.records = ThreadPoolExecutor(max_workers=1, thread_name_prefix="records")  # ledger and events, in order
         self.restarts = ThreadPoolExecutor(max_workers=2, thread_name_prefix="restarts")
         self.stopping = False
-        self.next_prune = time.monotonic() + PRUNE_EVERY_S  # a container start prunes too
+        self.next_prune = time.monotonic() + PRUNE_EVERY_S  # a version's start prunes too
 
     # -- what to watch --------------------------------------------------------------------
 
@@ -167,14 +161,14 @@ class Watchdog:
             if key not in self.watches or self.watches[key].handle != watch.handle:
                 self.watches[key] = watch
 
-    def _prune_container_logs(self, models: set[str]) -> None:
-        """Prediction log retention for the models containers serve: a container cannot record a
-        prune in the ledger, so the host does it (``DockerTarget.prune_logs``), hourly."""
-        from deployments.targets.factory import make_target
+    def _prune_logs(self, models: set[str]) -> None:
+        """Prediction log retention for the served models, hourly: a server cannot record a prune
+        in the ledger (it holds no ledger key), so the host does it (``targets.base.prune_logs``)."""
+        from deployments.targets.base import prune_logs
 
         for model in sorted(models):
             try:
-                pruned = make_target(self.settings, "docker").prune_logs(model)
+                pruned = prune_logs(self.settings, model, ACTOR)
             except Exception as error:  # noqa: BLE001 - retried next hour; the watch goes on
                 print(f"{model}: prediction log retention failed: {error}", flush=True)
                 continue
@@ -273,7 +267,7 @@ class Watchdog:
             return
         if time.monotonic() >= self.next_prune:
             self.next_prune = time.monotonic() + PRUNE_EVERY_S
-            self.restarts.submit(self._prune_container_logs, container_models(self.watches.values()))
+            self.restarts.submit(self._prune_logs, {watch.model for watch in self.watches.values()})
         # supervisord's view of local replicas; None when it does not answer (then probes alone judge).
         infos = self.supervisor.processes() or None if any(w.target == "local" for w in self.watches.values()) else None
         watches = list(self.watches.values())

@@ -13,7 +13,7 @@ from deployments.strategies import RolloutFailed
 from modelyard.catalog import CHAMPION, Action
 from tasks.audit import record_audit_event
 from tasks.deploying import (
-    monitor_schedule_task, record_deployed, record_recovery, record_rollback, record_rollback_failed,
+    check_names, monitor_schedule_task, record_deployed, record_recovery, record_rollback, record_rollback_failed,
     record_rolled_back, report_kpis, report_rollout, roll_back, rollout_plan, run_rollout,
 )
 
@@ -21,6 +21,7 @@ from tasks.deploying import (
 @flow(name="deploy", log_prints=True)
 def deploy(model: str, version: str, alias: str = CHAMPION, strategy: str | None = None) -> dict:
     """Roll ``model`` v``version`` out; roll back by itself on any failed gate, saying why."""
+    check_names("deploy", {"model": model, "version": version})
     try:
         serving, categorical = rollout_plan(model, version)
     except RolloutFailed as refused:  # its spec no longer validates: refused, recorded, never retried
@@ -53,6 +54,7 @@ def rollback(model: str, to_version: str | None = None, reason: str = "manual", 
     """Put the version that served before back in service; the registry's champion follows so
     that the reconciler does not redeploy the version that was rolled back. ``automatic``: an
     alert asked (the ``service.degraded`` trigger), not an operator."""
+    check_names("rollback", {"model": model, "to_version": to_version})
     try:
         rollout = roll_back(model, to_version)
     except RolloutFailed as failure:

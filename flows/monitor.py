@@ -11,6 +11,7 @@ import tempfile
 from prefect import flow, get_run_logger
 
 from tasks import monitoring as m
+from tasks.deploying import check_names
 from tasks.monitor_steps import (
     drift_task, log_monitoring_task, performance_task, plan_monitoring, publish_verdict_task, raise_alerts_task,
     read_window_task, recent_traffic_task, reference_task, save_state_task, service_task, validate_live_task,
@@ -20,6 +21,7 @@ from tasks.monitor_steps import (
 @flow(name="monitor", log_prints=True)
 def monitor(model: str) -> dict:
     """One window of ``model``'s serving version: validity, drift, performance, service health."""
+    check_names("monitor", {"model": model})
     plan = plan_monitoring(model)
     if plan is None:
         get_run_logger().info("%s is not serving (or its version carries no spec): nothing to monitor", model)

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 
 from modelyard.catalog import Action
 from tasks.audit import record_audit_event
+from tasks.deploying import check_names
 from tasks.retraining import (
     MANUAL_REASON, champion_spec, claim_task, fresh_data_task, record_outcome, release_task,
 )
@@ -20,6 +21,7 @@ def retrain(model: str, reason: str = MANUAL_REASON, cooldown_s: float | None = 
     """Retrain ``model`` once (claiming it first); promote only a version that beats the champion."""
     from flows.pipeline import model_pipeline
 
+    check_names("retrain", {"model": model})
     spec, champion = champion_spec(model)
     claim = claim_task(spec, reason, cooldown_s)
     if not claim.granted:

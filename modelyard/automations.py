@@ -38,9 +38,9 @@ def ensure_notifications(settings: Settings) -> str:
     """Create (or re-create) the notification block and automation; "disabled" without a URL."""
     from prefect import get_client
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+    with temporary_settings(settings.prefect_client_settings()):
         with get_client(sync_client=True) as client:
             existing = client.read_automations_by_name(NOTIFY_AUTOMATION)
             if not settings.notify_url:

@@ -32,7 +32,13 @@ class Action(StrEnum):
     AUTOMATIC_ROLLBACK_FAILED = "deploy.automatic_rollback_failed"
     MANUAL_ROLLBACK = "deploy.manual_rollback"  # an operator put the previous version back
     MANUAL_ROLLBACK_FAILED = "deploy.manual_rollback_failed"
-    REGISTRY_WEBHOOK_REJECTED = "registry.webhook.rejected"
+    REGISTRY_WEBHOOK_REJECTED = "registry.webhook.rejected"  # one signed, fresh delivery refused (a bad name)
+    # Refused posts the bridge could not attribute to MLflow (bad signature, stale, malformed,
+    # duplicate): counted by reason, one summary record per interval, never one record per post.
+    WEBHOOK_REJECTED = "registry.webhook.rejections"
+    NAME_REFUSED = "name.refused"  # a model name or version from an event failed modelyard.names: the flow refused it
+    LEDGER_REPAIRED = "ledger.repaired"  # `audit repair` (or the next append) quarantined a torn last line
+    MODEL_SIGNATURE_REFUSED = "model.signature_refused"  # a version's signature missing or invalid: never loaded
     REGISTRY_EVENT_EMITTED = "registry.event.emitted"
     REGISTRY_EVENT_RECONCILED = "registry.event.reconciled"
     MONITOR_DRIFT = "monitor.drift.detected"

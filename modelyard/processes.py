@@ -4,8 +4,10 @@ and serving replicas, each a program with a restart policy and back-off, its log
 ``reloadConfig`` + ``addProcessGroup``, as ``supervisorctl update`` does), over XML-RPC on the
 supervisor's unix socket under the state dir.
 
-Children inherit supervisord's environment (the stack's settings, secrets included, never
-written to disk); a program's include file holds only its command and non-secret extras.
+supervisord's own environment holds no secret (every program and serving replica inherits it);
+each program gets the secrets it needs, and only those, in its include file's ``environment``
+(0600, in a 0700 directory), never on its command line. supervisord's pid file holds only its
+pid and is readable by the owner alone.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ class Supervisor:
 
     def start(self, env: Mapping[str, str], timeout_s: float = 15.0) -> bool:
         """Start supervisord (daemonized, its own session) with ``env``, which every program
-        inherits; True if it was started, False if it already ran. It starts with no programs:
+        inherits (so: no secrets); True if it was started, False if it already ran. It starts with no programs:
         include files left by an earlier supervisord name nothing that runs now."""
         if self.running():
             return False
@@ -239,6 +241,8 @@ class Supervisor:
                 raise SupervisorError(f"supervisord did not answer on {self.socket} within {timeout_s:.0f} s; "
                                       f"its log: {self.logs_dir / 'supervisord.log'}")
             time.sleep(0.05)
+        if self.pid_file.exists():
+            self.pid_file.chmod(0o600)  # written with supervisord's umask (022)
         return True
 
     def shutdown(self, timeout_s: float = 120.0) -> list[str]:

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# MLflow's basic-auth users of a stack, by identity.
+MlflowIdentity = Literal["admin", "service", "viewer"]
+MLFLOW_USERS: dict[str, str] = {"admin": "admin", "service": "modelyard-service", "viewer": "viewer"}
+_URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]*:[^/@\s]+@")
 
 
 class Settings(BaseSettings):
@@ -84,8 +90,17 @@ class Settings(BaseSettings):
         None, description="Every monitoring alert is POSTed here (a Prefect webhook notification); unset: no notifications.")
     kubernetes_context: str | None = Field(None, description="kubeconfig context the kubernetes target uses.")
     ledger_key: SecretStr | None = Field(
-        None, description="HMAC key that signs the audit ledger's head checkpoint."
+        None, description="Unused since the ledger's checkpoints are ed25519-signed with a generated key "
+                          "(credentials_dir/ledger-checkpoint.key); kept so that an older .env still loads."
     )
+    prefect_auth_string: SecretStr | None = Field(
+        None, description="The Prefect API's basic-auth string (user:password); unset: one generated at first "
+                          "`stack up` (credentials_dir/prefect-auth, 0600).")
+    trusted_model_keys_dir: Path | None = Field(
+        None, description="Public keys (*.pub, PEM) whose model signatures are trusted; unset: state_dir/keys/trusted.")
+    model_signing_key: Path | None = Field(
+        None, description="PEM private key that signs registered models; unset: one generated at first use "
+                          "(credentials_dir/model-signing.key, 0600).")
 
     @cached_property
     def prefect_api_url(self) -> str:
@@ -178,6 +193,8 @@ class Settings(BaseSettings):
         }
         if self.notify_url:
             env["MODELYARD_NOTIFY_URL"] = self.notify_url
+        if self.trusted_model_keys_dir is not None:
+            env["MODELYARD_TRUSTED_MODEL_KEYS_DIR"] = str(self.trusted_model_keys_dir)
         return env
 
     def replica_env(self) -> dict[str, str]:
@@ -191,13 +208,18 @@ class Settings(BaseSettings):
 
     def child_env(self) -> dict[str, str]:
         """A trusted component's environment (worker and its flow runs, bridge, watchdog, the
-        CLI): ``base_env`` and the secrets those components use."""
+        CLI): ``base_env`` and the secrets those components use, the Prefect API's auth string
+        and the MLflow service identity (``mlflow_client_env("service")``) included."""
         env = self.base_env()
-        for name in ("database_url", "api_token", "webhook_secret", "ledger_key"):
+        for name in ("database_url", "api_token", "webhook_secret", "prefect_auth_string"):
             value = getattr(self, name)
             if value is not None:
                 env[f"MODELYARD_{name.upper()}"] = value.get_secret_value()
         env["MODELYARD_ADMIN_TOKEN"] = self.admin_secret()
+        env["PREFECT_API_AUTH_STRING"] = self.prefect_auth()
+        env.update(self.mlflow_client_env("service"))
+        if self.model_signing_key is not None:
+            env["MODELYARD_MODEL_SIGNING_KEY"] = str(self.model_signing_key)
         return env
 
     def admin_secret(self) -> str:
@@ -208,7 +230,12 @@ class Settings(BaseSettings):
         return kept_secret(self.run_dir / "admin_token", lambda: secrets.token_urlsafe(32))
 
     def prefect_client_env(self) -> dict[str, str]:
-        """Variables that point a Prefect client (CLI, worker, flow) at this stack."""
+        """Variables that point a Prefect client (CLI, worker, flow) at this stack, its API auth
+        string included."""
+        return {**self.prefect_location_env(), "PREFECT_API_AUTH_STRING": self.prefect_auth()}
+
+    def prefect_location_env(self) -> dict[str, str]:
+        """Where this stack's Prefect is, and no secret: what every process may see."""
         return {
             "PREFECT_API_URL": self.prefect_api_url,
             "PREFECT_HOME": str(self.state_dir / "prefect"),
@@ -216,6 +243,81 @@ class Settings(BaseSettings):
             "PREFECT_WORKER_QUERY_SECONDS": str(self.worker_query_seconds),
         }
 
+    def prefect_client_settings(self) -> dict:
+        """The same, as Prefect settings for an in-process client:
+        ``with temporary_settings(settings.prefect_client_settings()): ...`` (Prefect reads its
+        environment once, at import, so a process cannot point itself at a stack through
+        ``os.environ`` afterwards)."""
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+        return {PREFECT_API_URL: self.prefect_api_url, PREFECT_API_AUTH_STRING: self.prefect_auth()}
+
+    def prefect_auth(self) -> str:
+        """The Prefect API's basic-auth string (``admin:<password>``): the configured one, else
+        one generated once into the credentials dir. The server requires it on every API call
+        (``PREFECT_SERVER_API_AUTH_STRING``); the UI asks for it at login."""
+        if self.prefect_auth_string is not None:
+            return self.prefect_auth_string.get_secret_value()
+        return self.credential("prefect-auth", lambda: f"admin:{secrets.token_urlsafe(32)}")
+
+    def prefect_basic_auth(self) -> tuple[str, str]:
+        """The Prefect API's credentials as (user, password), for a plain HTTP client."""
+        user, _, password = self.prefect_auth().partition(":")
+        return user, password
+
+    def mlflow_basic_auth(self, identity: MlflowIdentity = "service") -> tuple[str, str]:
+        """An MLflow identity's credentials as (user, password), for a plain HTTP client."""
+        return self.mlflow_username(identity), self.mlflow_password(identity)
+
+    def mlflow_username(self, identity: MlflowIdentity = "service") -> str:
+        """The MLflow user of an identity: ``admin`` (manages users and webhooks),
+        ``modelyard-service`` (worker, flows, bridge, watchdog, CLI) or ``viewer`` (read-only)."""
+        return MLFLOW_USERS[identity]
+
+    def mlflow_password(self, identity: MlflowIdentity = "service") -> str:
+        """The MLflow password of an identity, generated once into ``credentials_dir/mlflow-<identity>``."""
+        if identity not in MLFLOW_USERS:
+            raise ValueError(f"unknown MLflow identity {identity!r}; expected one of {', '.join(MLFLOW_USERS)}")
+        return self.credential(f"mlflow-{identity}")
+
+    def mlflow_client_env(self, identity: MlflowIdentity = "service") -> dict[str, str]:
+        """The variables an MLflow client authenticates with (MLflow's own), as ``identity``."""
+        return {"MLFLOW_TRACKING_USERNAME": self.mlflow_username(identity),
+                "MLFLOW_TRACKING_PASSWORD": self.mlflow_password(identity)}
+
+    @cached_property
+    def mlflow_auth_config_path(self) -> Path:
+        """MLflow's basic-auth configuration (``MLFLOW_AUTH_CONFIG_PATH``): it holds the admin's
+        password and the auth database's URL, so it lives with the credentials (0600)."""
+        return self.credentials_dir / "mlflow-auth.ini"
+
+    @cached_property
+    def mlflow_auth_database_uri(self) -> str:
+        """Users and permissions of MLflow's basic-auth app: beside MLflow's own store (SQLite),
+        or its own ``<db>_mlflow_auth`` database on the configured PostgreSQL server."""
+        if self.database_url is not None:
+            return self.postgres_url_for("mlflow_auth", "postgresql+psycopg2")
+        return f"sqlite:///{self.state_dir / 'mlflow' / 'auth.db'}"
+
+    def inherited_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """What a process of the stack keeps of the caller's environment (PATH, HOME, LANG,
+        proxies, modelyard's settings that hold no secret, …): nothing of Prefect or MLflow (the
+        stack says those itself), no secret setting, no variable whose name says secret, no URL
+        with a password in it."""
+        from modelyard.redaction import is_secret_name
+
+        plain_settings = {f"MODELYARD_{name.upper()}" for name, field in type(self).model_fields.items()
+                          if "SecretStr" not in str(field.annotation)}
+        kept = {}
+        for key, value in (os.environ if environ is None else environ).items():
+            if key.startswith(("PREFECT_", "MLFLOW_")) or is_secret_name(key):
+                continue
+            if key.startswith("MODELYARD_") and key not in plain_settings:
+                continue
+            if _URL_WITH_PASSWORD.search(value):
+                continue
+            kept[key] = value
+        return kept
 
 def kept_secret(path: Path, make: Callable[[], str]) -> str:
     """A secret generated once by ``make`` and kept in ``path`` (mode 0600). Written whole under

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelyard.names import InvalidName, check_model_name
 
 TaskKind = Literal["binary_classification", "multiclass_classification", "regression"]
 
@@ -204,7 +206,7 @@ class ModelCardSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str
     task: TaskKind
     data: DataSpec
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
@@ -220,6 +222,16 @@ class ModelSpec(_Strict):
     @property
     def is_classification(self) -> bool:
         return self.task != "regression"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _one_pattern_for_model_names(cls, name: object) -> str:
+        """The name reaches paths, nginx, supervisord, image tags and Kubernetes objects: the one
+        pattern of ``modelyard.names``, the same the CLI, the API and the events check."""
+        try:
+            return check_model_name(name, "name")
+        except InvalidName as error:  # pydantic names the field itself
+            raise ValueError(str(error).removeprefix("name: ")) from None
 
     @model_validator(mode="after")
     def _metrics_the_task_computes(self) -> ModelSpec:

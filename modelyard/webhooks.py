@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import secrets
+from pathlib import Path
 
 from modelyard.catalog import WEBHOOK_EVENTS, WEBHOOK_NAME, WEBHOOK_PATH
 from modelyard.settings import Settings
 
 
-def _kept_secret(path, make) -> str:
-    """A secret generated once by ``make`` and kept in ``path`` (mode 0600)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(make())
-    return path.read_text().strip()
+def _moved_credential(settings: Settings, old: Path, name: str) -> None:
+    """A secret an older modelyard kept in the run dir, moved (not made anew) into the
+    credentials dir: a new webhook key would leave MLflow unable to read the webhooks it stored."""
+    new = settings.credentials_dir / name
+    if old.exists() and not new.exists():
+        settings.credential(name, lambda: old.read_text().strip())
+        old.unlink(missing_ok=True)
 
 
 def webhook_secret(settings: Settings) -> str:
-    """The configured secret, else one generated once and kept (mode 0600) in the state dir."""
+    """The configured secret, else one generated once into the credentials dir (0600)."""
     if settings.webhook_secret is not None:
         return settings.webhook_secret.get_secret_value()
-    return _kept_secret(settings.run_dir / "webhook_secret", lambda: secrets.token_urlsafe(32))
+    _moved_credential(settings, settings.run_dir / "webhook_secret", "webhook-secret")
+    return settings.credential("webhook-secret")
 
 
 def mlflow_secret_encryption_key(settings: Settings) -> str:
@@ -34,24 +30,43 @@ def mlflow_secret_encryption_key(settings: Settings) -> str:
     makes a new one per start and can no longer read the webhooks it stored (HTTP 500)."""
     from cryptography.fernet import Fernet
 
-    return _kept_secret(settings.run_dir / "mlflow_webhook_key", lambda: Fernet.generate_key().decode())
+    _moved_credential(settings, settings.run_dir / "mlflow_webhook_key", "mlflow-webhook-key")
+    return settings.credential("mlflow-webhook-key", lambda: Fernet.generate_key().decode())
 
 
 def bridge_url(settings: Settings) -> str:
     return f"http://{settings.host}:{settings.bridge_port}{WEBHOOK_PATH}"
 
 
+def _admin_registry(settings: Settings):
+    """MLflow's registry REST store as the admin: MLflow lets only an admin manage webhooks.
+    Its credentials go with this store alone, never into the process's environment."""
+    from mlflow.store.model_registry.rest_store import RestStore
+    from mlflow.utils.rest_utils import MlflowHostCreds
+
+    creds = MlflowHostCreds(settings.mlflow_url, username=settings.mlflow_username("admin"),
+                            password=settings.mlflow_password("admin"))
+    return RestStore(lambda: creds)
+
+
 def ensure_registry_webhook(settings: Settings) -> str:
     """Create (or point back at the bridge) the MLflow webhook for registry events; its id."""
-    from modelyard.resources import get_resources
+    from mlflow.entities.webhook import WebhookEvent, WebhookStatus
 
-    client = get_resources(settings).registry
+    store = _admin_registry(settings)
     secret = webhook_secret(settings)
-    for webhook in client.list_webhooks():
-        if webhook.name == WEBHOOK_NAME:
-            client.update_webhook(webhook.webhook_id, url=bridge_url(settings), events=list(WEBHOOK_EVENTS),
-                                  secret=secret, status="ACTIVE")
-            return webhook.webhook_id
-    return client.create_webhook(WEBHOOK_NAME, bridge_url(settings), list(WEBHOOK_EVENTS),
-                                 description="Registry events to Prefect, through modelyard's bridge",
-                                 secret=secret).webhook_id
+    events = [WebhookEvent.from_str(event) for event in WEBHOOK_EVENTS]
+    page_token = None
+    while True:
+        page = store.list_webhooks(max_results=100, page_token=page_token)
+        for webhook in page:
+            if webhook.name == WEBHOOK_NAME:
+                store.update_webhook(webhook.webhook_id, url=bridge_url(settings), events=events, secret=secret,
+                                     status=WebhookStatus.ACTIVE)
+                return webhook.webhook_id
+        page_token = page.token
+        if not page_token:
+            break
+    return store.create_webhook(WEBHOOK_NAME, bridge_url(settings), events,
+                                description="Registry events to Prefect, through modelyard's bridge",
+                                secret=secret).webhook_id

@@ -1,11 +1,14 @@
-"""The deploy and rollback flows' steps: the rollout plan a version carries, the rollout under the
-model's lock, what the ledger, the registry and the reports say about it afterwards."""
+"""The deploy and rollback flows' steps: the names an event brought checked first, the rollout
+plan a version carries, the rollout under the model's lock, what the ledger, the registry and the
+reports say about it afterwards."""
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -15,6 +18,7 @@ from deployments.strategies import Rollout, RolloutFailed
 from deployments.targets.factory import make_target
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, TAG_DEPLOY_DETAIL, TAG_DEPLOY_STATUS, Action
+from modelyard.names import InvalidName, check_model_name, check_version
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, artifact_url, set_alias, version_spec
 from modelyard.resources.serving_state import ModelBusy
@@ -26,6 +30,30 @@ from tasks.reporting import (
 )
 
 DEFAULT_MONITOR_INTERVAL_S = 300  # for a version registered without a spec
+
+
+def refuse_invalid_names(entry: str, names: Mapping[str, object],
+                         record: Callable[[Action, str, dict[str, Any]], Any] = append_audit_record) -> None:
+    """Every name a flow was started with (from a Prefect event: anyone who can emit one) checked
+    against ``modelyard.names`` before the flow touches a path, a config file or a tag: ``model``
+    is a model name, any other field a version, ``None`` (an optional version) passes. The first
+    invalid one is recorded once (``name.refused``, subject: the ``entry`` flow) and raised as
+    InvalidName, which fails the flow at once."""
+    for field, value in names.items():
+        if value is None:
+            continue
+        try:
+            check_model_name(value, field) if field == "model" else check_version(value, field)
+        except InvalidName as invalid:
+            record(Action.NAME_REFUSED, entry, {"field": field, "value": repr(value)[:100],
+                                                 "error": str(invalid)[:300]})
+            raise
+
+
+@task(name="check-names", cache_policy=NO_CACHE)
+def check_names(entry: str, names: dict[str, object]) -> None:
+    """The flow's first step: its names valid, or the flow refused (see ``refuse_invalid_names``)."""
+    refuse_invalid_names(entry, names)
 
 
 def serving_plan(client, model: str, version: str, strict: bool = False) -> tuple[ServingSpec, bool]:

@@ -28,8 +28,11 @@ from tasks import data as data_ops
 from tasks.evaluation import Decision, decide, model_metrics, p95_latency_ms, slice_metrics
 from tasks.lineage import git_commit, lock_hash, package_versions
 from tasks.model_card import model_card_markdown
-from tasks.onnx_export import export_with_parity, onnx_feed
-from tasks.registry import RegisteredVersion, load_version, log_and_register, log_decision, nullable_columns
+from modelyard.settings import Settings
+from tasks.onnx_export import export_with_parity
+from tasks.registry import (
+    RegisteredVersion, VerifiedModel, load_version, log_and_register, log_decision, nullable_columns,
+)
 from tasks.training import FeatureSet, model_inputs, train_model
 from tasks.validation import ValidationReport, build_suite, suite_for_model, validate_frame
 
@@ -166,10 +169,10 @@ def lineage_tags(prepared: PreparedData, validation: dict[str, Any], project_dir
 
 
 def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[str, Any],
-                   client: MlflowClient, project_dir: Path) -> tuple[RegisteredVersion, str]:
-    """Log and register a version with its evidence; returns it and its model card."""
+                   client: MlflowClient, settings: Settings) -> tuple[RegisteredVersion, str]:
+    """Log, sign and register a version with its evidence; returns it and its model card."""
     spec = prepared.spec
-    lineage = lineage_tags(prepared, validation, project_dir)
+    lineage = lineage_tags(prepared, validation, settings.project_dir)
     data_facts = {
         "source": spec.data.source, "rows": len(prepared.data), "train rows": len(prepared.train),
         "holdout rows": len(prepared.holdout), "features": len(prepared.features.columns),
@@ -185,7 +188,7 @@ def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[s
               "features": len(prepared.features.columns), "split": spec.data.split.method,
               "test_size": spec.data.split.test_size}
     registered = log_and_register(
-        model_name=spec.name, pipeline=built.pipeline, features=prepared.features,
+        settings=settings, model_name=spec.name, pipeline=built.pipeline, features=prepared.features,
         train_inputs=model_inputs(prepared.train, prepared.features), params=params, metrics=built.metrics,
         onnx=built.onnx, validation_result={k: v for k, v in validation.items() if k != "expectations"}, model_card=card, slice_rows=built.slices,
         lineage=lineage, client=client,
@@ -219,36 +222,28 @@ class Evaluation:
                           "challenger_metrics": self.challenger_metrics, "champion_metrics": self.champion_metrics})
 
 
-def serving_latency_p95(model_name: str, version: str, holdout: pd.DataFrame, features: FeatureSet, pipeline) -> float:
-    """p95 single-row latency on the format the version will be served in (ONNX when verified)."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=tmp))
-        onnx_path = next(local.rglob("model.onnx"), None)
-        if onnx_path is not None:
-            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-            names = [i.name for i in session.get_inputs()]
-            rows = [onnx_feed(holdout.iloc[[i]], features, names) for i in range(min(len(holdout), 50))]
-            return p95_latency_ms(lambda i: session.run(None, rows[i]), len(rows))
+def serving_latency_p95(model: VerifiedModel, holdout: pd.DataFrame, features: FeatureSet) -> float:
+    """p95 single-row latency of the version as its server predicts (ONNX when verified, else skops)."""
     inputs = model_inputs(holdout, features)
-    rows = [inputs.iloc[[i]] for i in range(min(len(inputs), 50))]
-    return p95_latency_ms(lambda i: pipeline.predict(rows[i]), len(rows))
+    rows = [model.columns(inputs.iloc[[i]]) for i in range(min(len(inputs), 50))]
+    return p95_latency_ms(lambda i: model.runtime.predict(rows[i]), len(rows))
 
 
-def evaluate_version(prepared: PreparedData, version: str, client: MlflowClient) -> Evaluation:
-    """The challenger against the current champion on the same holdout, under the spec's policy."""
+def evaluate_version(prepared: PreparedData, version: str, client: MlflowClient, settings: Settings) -> Evaluation:
+    """The challenger against the current champion on the same holdout, under the spec's policy.
+    Both are loaded as their servers load them, after their signatures verified: a version that
+    does not verify stops the evaluation (SignatureError, recorded in the ledger)."""
     spec = prepared.spec
     inputs = model_inputs(prepared.holdout, prepared.features)
     y_true = prepared.holdout[spec.data.target]
-    challenger = load_version(spec.name, version)
+    challenger = load_version(settings, spec.name, version)
     challenger_metrics = model_metrics(challenger, inputs, y_true, spec.is_classification)
     champion_version = alias_version(client, spec.name, CHAMPION)
     champion_metrics = None
     if champion_version is not None and champion_version != version:
-        champion = load_version(spec.name, champion_version)
+        champion = load_version(settings, spec.name, champion_version)
         champion_metrics = model_metrics(champion, inputs, y_true, spec.is_classification)
-    p95 = serving_latency_p95(spec.name, version, prepared.holdout, prepared.features, challenger)
+    p95 = serving_latency_p95(challenger, prepared.holdout, prepared.features)
     decision = decide(spec.policy, challenger_metrics, champion_metrics, p95,
                       champion_version if champion_metrics is not None else None)
     return Evaluation(decision, challenger_metrics, champion_metrics, p95)
@@ -296,12 +291,13 @@ def build_model_task(prepared: PreparedData) -> BuiltModel:
 def register_model_task(prepared: PreparedData, built: BuiltModel,
                         validation: dict[str, Any]) -> tuple[RegisteredVersion, str]:
     resources = get_resources()
-    return register_model(prepared, built, validation, resources.registry, resources.settings.project_dir)
+    return register_model(prepared, built, validation, resources.registry, resources.settings)
 
 
 @task(name="evaluate-challenger", **INFRA_RETRIES)
 def evaluate_task(prepared: PreparedData, version: str) -> Evaluation:
-    return evaluate_version(prepared, version, get_resources().registry)
+    resources = get_resources()
+    return evaluate_version(prepared, version, resources.registry, resources.settings)
 
 
 @task(name="record-decision", **INFRA_RETRIES)

@@ -19,6 +19,7 @@ from deployments.gates import service_window
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
 from modelyard.catalog import PREDICTION_ID_HEADER, Event
 from modelyard.json_safe import json_safe
+from modelyard.names import check_model_name
 from modelyard.resources.inference import MetricsSnapshot
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
@@ -100,7 +101,7 @@ def is_fresh(deployed_at: float | None, fresh_deploy_s: float, now: float | None
     return deployed_at is not None and now - deployed_at < fresh_deploy_s
 
 def monitor_state_path(settings: Settings, model: str) -> Path:
-    return settings.state_dir / "monitor" / f"{model}.json"
+    return settings.state_dir / "monitor" / f"{check_model_name(model)}.json"
 
 
 def load_monitor_state(settings: Settings, model: str) -> dict[str, Any]:

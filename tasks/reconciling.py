@@ -11,18 +11,42 @@ from prefect.cache_policies import NO_CACHE
 
 from deployments.bridge import emit_prefect_event
 from deployments.desired_state import restore
-from deployments.reconcile import alias_event, missed_deploys, recently_in_flight
+from deployments.reconcile import alias_event, missed_deploys, recently_in_flight, refused_names
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, Action
+from modelyard.names import InvalidName
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, champions, version_spec
 from modelyard.schedules import ensure_monitor_schedule
+from tasks.deploying import refuse_invalid_names
+
+RECONCILE = "reconcile"  # the entry point, as a name.refused record names it
 
 
 @task(name="registry-champions", **INFRA_RETRIES)
 def champions_task() -> dict[str, str]:
-    """Every registered model with a champion, and the version it points at."""
-    return champions(get_resources().registry)
+    """Every registered model with a champion, and the version it points at. MLflow allows names
+    modelyard refuses: such a champion is left out (never emitted, scheduled or repaired) and
+    recorded once (``name.refused``), not at every run."""
+    resources = get_resources()
+    refused: set[str] | None = None
+
+    def record_once(action: Action, subject: str, details: dict) -> None:
+        nonlocal refused
+        refused = refused_names(resources.ledger.records(), subject) if refused is None else refused
+        if details["value"] not in refused:
+            append_audit_record(action, subject, details)
+            refused.add(details["value"])
+
+    valid = {}
+    for model, version in champions(resources.registry).items():
+        try:
+            refuse_invalid_names(RECONCILE, {"model": model, "version": version}, record_once)
+        except InvalidName as invalid:
+            get_run_logger().warning("champion left out: %s", invalid)
+            continue
+        valid[model] = version
+    return valid
 
 
 @task(name="compare-registry-with-serving", cache_policy=NO_CACHE)
@@ -37,8 +61,9 @@ def compare(champion_versions: dict[str, str], grace_s: float = 600) -> list[dic
     return [m.__dict__ for m in missed_deploys(champion_versions, serving, handled, busy)]
 
 
-@task(name="emit-missed-event", cache_policy=NO_CACHE)
+@task(name="emit-missed-event", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
 def emit_missed(model: str, version: str, serving: str | None) -> None:
+    """The alias event the bridge missed, recorded only once Prefect accepted it."""
     emit_prefect_event(alias_event(model, version))
     append_audit_record(Action.REGISTRY_EVENT_RECONCILED, f"{model}/{version}", {"alias": CHAMPION, "serving": serving})
 

@@ -16,8 +16,13 @@ from mlflow.models import infer_signature
 
 from modelyard.catalog import TAG_ARTIFACT_SHA256
 from modelyard.integrity import artifact_digest
+from modelyard.settings import Settings
+from modelyard.signing import SIGNATURE_FILE, SignatureInfo, sign_model_dir
 
 if TYPE_CHECKING:  # scikit-learn only where a model is built: deploy and monitor runs start faster
+    from mlflow.models.model import ModelInfo
+
+    from deployments.server.model_runtime import ModelRuntime
     from tasks.onnx_export import OnnxResult
     from tasks.training import FeatureSet
 
@@ -36,6 +41,8 @@ class RegisteredVersion:
     model_uri: str
     artifact_sha256: str
     serving_format: str
+    signer: str  # fingerprint of the key that signed the version's files
+    signature_sha256: str
 
     def as_dict(self) -> dict[str, str]:
         return dict(self.__dict__)
@@ -56,8 +63,19 @@ def _flatten_params(spec_params: dict[str, Any], prefix: str) -> dict[str, str]:
     return {f"{prefix}{key}": str(value)[:250] for key, value in spec_params.items()}
 
 
+def sign_logged_model(settings: Settings, client: MlflowClient, info: ModelInfo, work_dir: Path) -> tuple[str, SignatureInfo]:
+    """Sign a logged model's files as the registry stores them, ship the signature among them
+    (``model.sig`` at the model's root) and return the digest of the whole, signature included,
+    with the signature's identity."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(work_dir)))
+    signature = sign_model_dir(settings, local)
+    client.log_model_artifact(info.model_id, str(local / SIGNATURE_FILE))
+    return artifact_digest(local), signature
+
+
 def log_and_register(
     *,
+    settings: Settings,
     model_name: str,
     pipeline,
     features: FeatureSet,
@@ -71,7 +89,8 @@ def log_and_register(
     lineage: dict[str, str],
     client: MlflowClient,
 ) -> RegisteredVersion:
-    """Log the model (pyfunc + ONNX when parity holds) with its evidence, and register a version."""
+    """Log the model (skops pipeline + ONNX when parity holds) with its evidence, sign it, and
+    register a version whose lineage names its digest and signer."""
     from tasks.training import SKOPS_TRUSTED_TYPES
 
     mlflow.set_experiment(model_name)
@@ -112,18 +131,56 @@ def log_and_register(
             skops_trusted_types=SKOPS_TRUSTED_TYPES, extra_files=extra_files,
             pip_requirements=model_pip_requirements(),
         )
-        local_model = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_dir / "download")))
-        digest = artifact_digest(local_model)
-        tags = {**lineage, TAG_ARTIFACT_SHA256: digest, "modelyard.serving_format": serving["format"],
+        digest, signed = sign_logged_model(settings, client, info, tmp_dir / "download")
+        tags = {**lineage, TAG_ARTIFACT_SHA256: digest, **signed.tags(), "modelyard.serving_format": serving["format"],
                 "modelyard.onnx_status": onnx.reason[:500]}
         mlflow.set_tags(tags)
         version = mlflow.register_model(info.model_uri, model_name, tags=tags)
-    return RegisteredVersion(model_name, str(version.version), run.info.run_id, info.model_uri, digest, serving["format"])
+    return RegisteredVersion(model_name, str(version.version), run.info.run_id, info.model_uri, digest, serving["format"],
+                             signed.signer, signed.signature_sha256)
 
 
-def load_version(model_name: str, version: str):
-    """The registered version as the fitted sklearn pipeline (for metrics with probabilities)."""
-    return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+class VerifiedModel:
+    """A registered version as evaluation uses it: loaded through the inference server's own
+    verified runtime (digest and signature checked first; ONNX, else skops; never pickle), with
+    scikit-learn's ``predict``, ``predict_proba`` and ``classes_`` over a frame of model inputs."""
+
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self.runtime = runtime
+
+    @property
+    def serving_format(self) -> str:
+        return self.runtime.info.serving_format
+
+    @property
+    def signer(self) -> str:
+        return self.runtime.info.signer
+
+    @property
+    def classes_(self) -> list:
+        return list(self.runtime.classes or [])
+
+    def columns(self, frame: pd.DataFrame) -> dict:
+        """The runtime's input: each signature column of ``frame`` as an array."""
+        return {c.name: frame[c.name].to_numpy() for c in self.runtime.columns}
+
+    def predict(self, frame: pd.DataFrame):
+        return self.runtime.predict(self.columns(frame)).labels
+
+    def predict_proba(self, frame: pd.DataFrame):
+        return self.runtime.predict(self.columns(frame)).probabilities
+
+
+def load_version(settings: Settings, model_name: str, version: str) -> VerifiedModel:
+    """The registered version, verified as the server verifies it (its recorded digest, then its
+    signature against the trusted keys; a refusal is recorded in the ledger and raised as
+    SignatureError), then loaded as the server loads it."""
+    from deployments.server.main import load_runtime, registered_digest, resolve_model_dir
+
+    uri = f"models:/{model_name}/{version}"
+    _, _, expected = registered_digest(uri, settings)
+    model_dir = resolve_model_dir(uri, settings, expected)
+    return VerifiedModel(load_runtime(settings, model_dir, model_name, str(version), expected))
 
 
 def log_decision(client: MlflowClient, run_id: str, decision: dict[str, Any], champion_metrics: dict | None, p95_ms: float | None) -> None:

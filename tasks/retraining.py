@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, TAG_SPEC_DIR, Action
+from modelyard.names import check_model_name
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, alias_version, version_spec
 from modelyard.settings import Settings
@@ -36,7 +37,7 @@ class Claim:
 
 
 def _claim_path(settings: Settings, model: str) -> Path:
-    path = settings.state_dir / "retrain" / f"{model}.json"
+    path = settings.state_dir / "retrain" / f"{check_model_name(model)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

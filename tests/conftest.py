@@ -46,15 +46,16 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def stack_env(sqlite_stack: Stack) -> Iterator[Stack]:
-    """Run flows in this process against the session stack: MODELYARD_* and Prefect's API URL."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Run flows in this process against the session stack: MODELYARD_*, Prefect's API URL and
+    auth string, and MLflow's service identity."""
+    from prefect.settings import temporary_settings
 
     env = {**sqlite_stack.settings.child_env(), **sqlite_stack.settings.prefect_client_env()}
     env.pop("PREFECT_HOME", None)
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        with temporary_settings({PREFECT_API_URL: sqlite_stack.settings.prefect_api_url}):
+        with temporary_settings(sqlite_stack.settings.prefect_client_settings()):
             yield sqlite_stack
     finally:
         for key, value in saved.items():

@@ -18,7 +18,8 @@ import numpy as np
 import orjson
 
 from deployments.server.batching import MicroBatcher
-from deployments.server.contract import ContractError, InputContract, MatrixBatch, bad, parse_json
+from deployments.server.contract import (MODELS_PREFIX, ContractError, InputContract, MatrixBatch, bad, parse_json,
+                                         unknown_model_route)
 from deployments.server.metrics import ServerMetrics
 from deployments.server.model_runtime import ModelRuntime, Prediction
 from deployments.server.openapi import openapi_document
@@ -158,9 +159,8 @@ class InferenceApp:
                 if allowed:
                     allow = ", ".join(allowed).encode()
                     raise ContractError(405, "METHOD_NOT_ALLOWED", f"{scope['method']} is not allowed on {path}"[:200])
-                if path.startswith("/v2/models/"):
-                    raise ContractError(404, "MODEL_NOT_FOUND", f"this server serves model '{self.runtime.info.model}' "
-                                        f"version {self.runtime.info.version}", "model")
+                if path.startswith(MODELS_PREFIX):  # 400 for an invalid name or version, 404 for another model
+                    raise unknown_model_route(path, self.runtime.info.model, self.runtime.info.version)
                 raise ContractError(404, "NOT_FOUND", f"no route {path[:100]}")
             handler, needs_auth = route
             route_name = handler.__name__

@@ -49,6 +49,27 @@ def bad(message: str, field: str | None = None) -> ContractError:
     return ContractError(400, "BAD_REQUEST", message, field)
 
 
+MODELS_PREFIX = "/v2/models/"
+
+
+def unknown_model_route(path: str, model: str, version: str) -> ContractError:
+    """The answer to a ``/v2/models/…`` path this server has no route for: 400 naming
+    ``model_name`` or ``model_version`` when the path's name or version is not a valid one
+    (``modelyard.names``: the pattern every entry point checks), else 404 for a valid name of
+    a model or version this server does not serve."""
+    from modelyard.names import InvalidName, check_model_name, check_version
+
+    parts = path[len(MODELS_PREFIX):].split("/")
+    try:
+        check_model_name(parts[0], "model_name")
+        if len(parts) >= 3 and parts[1] == "versions":
+            check_version(parts[2], "model_version")
+    except InvalidName as error:
+        field = str(error).split(":", 1)[0]
+        return ContractError(400, "INVALID_NAME", str(error)[:300], field)
+    return ContractError(404, "MODEL_NOT_FOUND", f"this server serves model '{model}' version {version}", "model")
+
+
 def parse_json(body: bytes) -> Any:
     """Parse JSON fast with orjson. What orjson refuses is parsed again by the standard library,
     which reads NaN/Infinity literals (so that the value check can name the column) and

@@ -1,13 +1,18 @@
-"""Run the inference server for one model version: download, verify, load, warm, serve."""
+"""Run the inference server for one model version: download, verify, load, warm, serve.
+
+Verified twice over before anything is deserialised: the files hash to the sha256 recorded at
+registration, and their ``model-signing`` signature verifies against a trusted key."""
 
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 
 from modelyard.catalog import TAG_ARTIFACT_SHA256
 from modelyard.integrity import artifact_digest
 from modelyard.settings import Settings
+from modelyard.signing import MODEL_SIGNATURE_REFUSED, SignatureError, verify_model_dir
 
 
 class IntegrityError(ValueError):
@@ -37,22 +42,64 @@ def verify_integrity(loaded_digest: str, expected: str | None, model: str) -> No
                              f"{expected[:16]}… at registration: refusing to serve a tampered artifact")
 
 
-def resolve_model_dir(model: str, settings: Settings, expected_sha256: str | None = None) -> Path:
+def _current_actor() -> str:
+    """Who loads a model, as the ledger names it: a flow run on the worker, else this server."""
+    try:
+        from modelyard.audit import flow_actor
+
+        actor = flow_actor()
+    except Exception:  # noqa: BLE001 - no Prefect in a model image
+        return "server"
+    return actor if actor != "cli" else "server"
+
+
+def record_refusal(settings: Settings, error: SignatureError, subject: str, actor: str | None = None) -> None:
+    """Put a refused load into the ledger. A server without the ledger (a container) still
+    refuses; the reason is then on its stderr, and its target reports the failed start."""
+    from modelyard.ledger import ledger_from_settings
+
+    try:
+        ledger_from_settings(settings, sign=False).append(actor or _current_actor(), MODEL_SIGNATURE_REFUSED, subject,
+                                              {"reason": error.reason})
+    except Exception as failure:  # noqa: BLE001 - recording must never turn a refusal into a load
+        print(f"modelyard: could not record the refusal of {subject} in the ledger: {failure}", file=sys.stderr)
+
+
+def verify_signature(settings: Settings, model_dir: Path, subject: str, actor: str | None = None):
+    """``verify_model_dir``, recording a refusal in the ledger before raising it."""
+    try:
+        return verify_model_dir(settings, model_dir, subject)
+    except SignatureError as error:
+        record_refusal(settings, error, subject, actor)
+        raise
+
+
+def resolve_model_dir(model: str, settings: Settings, expected_sha256: str | None = None,
+                      actor: str | None = None) -> Path:
     """A local directory of the model: ``model`` itself if it is one, else a registry download
     (``models:/name/version``) cached under the state dir.
 
     Replicas starting side by side share the cache, so a download never writes there: each goes
     into its own directory beside it, is checked against ``expected_sha256`` (when given), and is
     renamed into place whole. A process that loses the race uses the winner's directory; a
-    reader thus never hashes a half-written model (a false "tampered artifact")."""
+    reader thus never hashes a half-written model (a false "tampered artifact").
+
+    A registry version, downloaded or cached, is returned only once its signature verified
+    (SignatureError otherwise, recorded in the ledger as ``actor``): an unsigned download is
+    never cached. A plain directory is returned as it is; the runtime verifies it before loading."""
     path = Path(model)
     if path.is_dir():
         return path
     if not model.startswith("models:/"):
         raise ValueError(f"'{model}' is neither a model directory nor a models:/ URI")
-    name_version = model.removeprefix("models:/").strip("/").replace("/", "-").replace("@", "-")
+    reference = model.removeprefix("models:/").strip("/")
+    name_version = reference.replace("/", "-").replace("@", "-")
+    subject = reference.replace("@", "/")
     target = settings.state_dir / "models" / name_version
     if (target / "MLmodel").exists():
+        if expected_sha256 is not None:
+            verify_integrity(artifact_digest(target), expected_sha256, model)
+        verify_signature(settings, target, subject, actor)
         return target
     import shutil
     import tempfile
@@ -69,6 +116,7 @@ def resolve_model_dir(model: str, settings: Settings, expected_sha256: str | Non
             raise ValueError(f"{model}: the download has no MLmodel file")
         if expected_sha256 is not None:
             verify_integrity(artifact_digest(staged), expected_sha256, model)
+        verify_signature(settings, staged, subject, actor)
         if target.exists() and not (target / "MLmodel").exists():
             shutil.rmtree(target, ignore_errors=True)  # a partial download of an older modelyard
         try:
@@ -87,7 +135,7 @@ def record_prune(settings: Settings, model: str, actor: str):
     from modelyard.catalog import Action
     from modelyard.ledger import ledger_from_settings
 
-    ledger = ledger_from_settings(settings)
+    ledger = ledger_from_settings(settings, sign=False)
 
     def record(pruned_version: str, details: dict) -> None:
         ledger.append(actor, Action.PREDICTION_LOG_PRUNED, f"{model}/{pruned_version}", details)
@@ -95,21 +143,34 @@ def record_prune(settings: Settings, model: str, actor: str):
     return record
 
 
+def load_runtime(settings: Settings, model_dir: Path, model: str = "", version: str = "",
+                 digest: str | None = None, actor: str | None = None):
+    """The model of ``model_dir`` loaded for predictions (``ModelRuntime``), which verifies its
+    signature before reading any file; a refusal is recorded in the ledger, then raised."""
+    from deployments.server.model_runtime import ModelRuntime
+
+    try:
+        return ModelRuntime(model_dir, settings, model=model, version=version, artifact_sha256=digest)
+    except SignatureError as error:
+        record_refusal(settings, error, f"{model or model_dir.name}/{version or '?'}", actor)
+        raise
+
+
 def build_app(model_dir: Path, settings: Settings, model: str = "", version: str = "", log_predictions: bool = True,
               expected_digest: str | None = None, verify: bool = False):
     from deployments.server.app import InferenceApp, ServerConfig
-    from deployments.server.model_runtime import ModelRuntime
     from deployments.server.prediction_log import PredictionLog
 
     token = settings.api_token.get_secret_value() if settings.api_token else None
     if token is None and not settings.serve_anonymous:
         raise ValueError("no MODELYARD_API_TOKEN is set: set one, or MODELYARD_SERVE_ANONYMOUS=true to serve "
                          "without authentication (demo only)")
-    # Hash before loading anything: loading a pyfunc model runs its code.
+    # Hash and verify the signature before loading anything (the runtime verifies it first thing).
     digest = artifact_digest(model_dir)
     if verify:
         verify_integrity(digest, expected_digest, f"{model or model_dir.name} v{version}")
-    runtime = ModelRuntime(model_dir, model=model, version=version, artifact_sha256=digest)
+    runtime = load_runtime(settings, model_dir, model, version, digest,
+                           actor=f"server:{model or model_dir.name}/{version or '?'}")
     runtime.warm_up()
     log = None
     if log_predictions:
@@ -167,7 +228,7 @@ def serve(model: str, settings: Settings, port: int, host: str | None = None, ve
 
     if model.startswith("models:/"):
         name, number, expected = registered_digest(model, settings)
-        model_dir = resolve_model_dir(f"models:/{name}/{number}", settings, expected)
+        model_dir = resolve_model_dir(f"models:/{name}/{number}", settings, expected, actor=f"server:{name}/{number}")
         app = build_app(model_dir, settings, model=name, version=number, log_predictions=log_predictions,
                         expected_digest=expected, verify=True)
     else:

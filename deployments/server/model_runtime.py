@@ -1,5 +1,7 @@
 """The model a server process serves: ONNX Runtime when the version carries a
-parity-verified ONNX graph, the MLflow pyfunc otherwise — behind one ``predict``.
+parity-verified ONNX graph, its skops-serialised scikit-learn pipeline otherwise — behind one
+``predict``. Nothing is read from a model directory before its signature verifies, and nothing
+is ever unpickled: skops loads only the types the signed MLmodel lists.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import pandas as pd
 
 from modelyard.integrity import artifact_digest
 from modelyard.onnx_feed import COLUMNS, onnx_feed
+from modelyard.settings import Settings
+from modelyard.signing import SignatureInfo, verify_model_dir
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 
@@ -49,6 +53,7 @@ class VersionInfo:
     run_id: str
     artifact_sha256: str
     serving_format: str
+    signer: str = ""  # fingerprint of the key whose signature verified (sha256 of its DER public key)
 
 
 def read_signature(model_dir: Path) -> list[ColumnSpec]:
@@ -70,11 +75,52 @@ def _find(model_dir: Path, name: str) -> Path | None:
     return next(iter(sorted(model_dir.rglob(name))), None)
 
 
-class ModelRuntime:
-    """Loads a model version directory and predicts on columns of rows."""
+def _skops_flavor(model_dir: Path) -> tuple[Path, list[str]]:
+    """The skops file of a model directory and the types its (signed) MLmodel trusts; refuses
+    any other serialisation: pickle and cloudpickle run the model's own code when loaded."""
+    import yaml
 
-    def __init__(self, model_dir: Path, model: str = "", version: str = "", artifact_sha256: str | None = None) -> None:
+    flavor = (yaml.safe_load((model_dir / "MLmodel").read_text()) or {}).get("flavors", {}).get("sklearn") or {}
+    serialization = flavor.get("serialization_format", "pickle")
+    if serialization != "skops":
+        raise ValueError(f"{model_dir.name}: the model is serialised as {serialization}; only ONNX and skops are "
+                         "ever loaded (unpickling runs the model's code): refusing to load it")
+    path = (model_dir / str(flavor.get("pickled_model", ""))).resolve()
+    if not path.is_file() or not path.is_relative_to(model_dir.resolve()):
+        raise ValueError(f"{model_dir.name}: the MLmodel's skops file is not a file of the model directory")
+    trusted = flavor.get("skops_trusted_types") or []
+    if not isinstance(trusted, list) or not all(isinstance(t, str) for t in trusted):
+        raise ValueError(f"{model_dir.name}: skops_trusted_types in MLmodel is not a list of type names")
+    return path, trusted
+
+
+def load_skops_pipeline(model_dir: Path):
+    """The scikit-learn pipeline of a *verified* model directory, loaded by skops with exactly the
+    types its signed MLmodel lists (skops refuses any other); never pickle."""
+    import skops.io
+
+    path, trusted = _skops_flavor(Path(model_dir))
+    try:
+        return skops.io.load(path, trusted=trusted)
+    except Exception as error:  # skops raises UntrustedTypesFoundException, TypeError…
+        raise ValueError(f"{Path(model_dir).name}: skops refused to load {path.name}: {error}") from error
+
+
+def load_verified_pipeline(settings: Settings, model_dir: Path, what: str):
+    """``load_skops_pipeline`` after the directory's signature verified (raises SignatureError)."""
+    verify_model_dir(settings, Path(model_dir), what)
+    return load_skops_pipeline(model_dir)
+
+
+class ModelRuntime:
+    """Loads a model version directory, once its signature verified, and predicts on columns of rows."""
+
+    def __init__(self, model_dir: Path, settings: Settings, model: str = "", version: str = "",
+                 artifact_sha256: str | None = None) -> None:
+        """Raises SignatureError, before reading any file of ``model_dir``, unless a trusted key signed it."""
         self.model_dir = Path(model_dir)
+        self.signature: SignatureInfo = verify_model_dir(settings, self.model_dir,
+                                                         f"{model or self.model_dir.name} v{version or '?'}")
         serving_path = _find(self.model_dir, "serving.json")
         self.serving = json.loads(serving_path.read_text()) if serving_path else {"format": "pyfunc"}
         meta = self._registered_meta()
@@ -84,6 +130,7 @@ class ModelRuntime:
             run_id=self._run_id(),
             artifact_sha256=artifact_sha256 or artifact_digest(self.model_dir),
             serving_format="onnx" if self.serving.get("format") == "onnx" and _find(self.model_dir, "model.onnx") else "pyfunc",
+            signer=self.signature.signer,
         )
         self.columns = read_signature(self.model_dir)
         if self.info.serving_format == "onnx":
@@ -138,9 +185,7 @@ class ModelRuntime:
                             self.classes = [s.decode() for s in attr.strings]
 
     def _load_pyfunc(self) -> None:
-        import mlflow.sklearn
-
-        self.pipeline = mlflow.sklearn.load_model(str(self.model_dir))
+        self.pipeline = load_skops_pipeline(self.model_dir)
         self.is_classifier = hasattr(self.pipeline, "predict_proba")
         if self.is_classifier:
             self.classes = list(self.pipeline.classes_)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from modelyard.names import check_model_name, check_version
 from modelyard.processes import MAX_SOCKET_PATH
 from modelyard.settings import Settings
 
@@ -99,6 +100,44 @@ def ready_endpoint(model: str, version: str, replicas: Iterable[Replica]) -> End
     return Endpoint(model, version, ready) if ready else None
 
 
+# What a model server reads from its settings, passed to it explicitly: its environment is built
+# here, never inherited from a process that holds other secrets.
+SERVING_SETTINGS = ("serve_max_batch", "serve_max_wait_ms", "serve_max_body_bytes", "serve_max_rows",
+                    "prediction_log_sample_rate", "prediction_log_queue", "prediction_log_queue_bytes")
+
+
+def replica_environment(settings: Settings) -> dict[str, str]:
+    """A model server's whole environment: ``Settings.replica_env()`` (where the stack is, and the
+    server's own inference and admin tokens: never the database URL, the webhook secret, a
+    registry credential or a ledger key), its serving settings, where the trusted model keys are,
+    and no prediction log retention: a server never prunes its log, because that is recorded in
+    the ledger, which only the host writes (``prune_logs``)."""
+    from modelyard.signing import trusted_keys_dir
+
+    env = settings.replica_env()
+    for name in SERVING_SETTINGS:
+        env[f"MODELYARD_{name.upper()}"] = str(getattr(settings, name))
+    env["MODELYARD_TRUSTED_MODEL_KEYS_DIR"] = str(trusted_keys_dir(settings))
+    env["MODELYARD_PREDICTION_LOG_RETENTION_DAYS"] = "0"
+    return env
+
+
+def prune_logs(settings: Settings, model: str, actor: str) -> dict[str, dict]:
+    """The prediction log retention of a model whose servers never prune (``replica_environment``):
+    partitions older than the host's ``prediction_log_retention_days`` are recorded in the ledger
+    by ``actor``, then deleted. Targets run it at every start; what was deleted, by version."""
+    from datetime import UTC, datetime, timedelta
+
+    from deployments.server.main import record_prune
+    from deployments.server.prediction_log import prune_partitions
+
+    days = settings.prediction_log_retention_days
+    if days <= 0:
+        return {}
+    return prune_partitions(settings.prediction_log_dir, check_model_name(model),
+                            datetime.now(UTC) - timedelta(days=days), record_prune(settings, model, actor))
+
+
 def desired_replicas(settings: Settings, model: str, version: str) -> int:
     """How many replicas the version's own spec asks for (``serving.replicas``; 1 without a spec)."""
     from modelyard.resources import get_resources
@@ -152,9 +191,22 @@ def model_key(model: str) -> str:
     return hashlib.sha1(model.encode()).hexdigest()[:10]
 
 
+def checked(model: str, version: str) -> tuple[str, str]:
+    """``(model, version)`` if both match modelyard's one pattern (``modelyard.names``), else
+    InvalidName: every target checks what it was handed before a name reaches a path, a program,
+    an image or an object name, whichever entry point it came through."""
+    return check_model_name(model), check_version(version)
+
+
+def socket_dir(settings: Settings) -> Path:
+    """Where replicas' unix sockets live (the router's nginx workers must be able to reach it)."""
+    return settings.state_dir / "sock"
+
+
 def socket_path(settings: Settings, model: str, version: str, replica: int = 0) -> Path:
     """Where a replica of a version listens for the router; checked against the AF_UNIX limit."""
-    path = settings.state_dir / "sock" / f"{model_key(model)}-v{version}-r{replica}.sock"
+    model, version = checked(model, version)
+    path = socket_dir(settings) / f"{model_key(model)}-v{version}-r{int(replica)}.sock"
     if len(str(path)) > MAX_SOCKET_PATH:
         raise TargetError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes: use a shorter MODELYARD_STATE_DIR")
     return path

@@ -4,9 +4,17 @@ beside the stack, each restarted by Docker when it exits (``unless-stopped``) an
 by Docker on its readiness route (the image's ``HEALTHCHECK``).
 
 The image carries the model files and the sha256 the registry recorded for them; the server in
-it refuses to start if they differ. Building needs no registry and no network inside the build:
-the serving dependencies come from a wheelhouse made on the host, pinned to the versions this
+it refuses to start if they differ, or if their signature does not verify against the trusted
+keys (mounted read-only). Building needs no registry and no network inside the build: the
+serving dependencies come from a wheelhouse made on the host, pinned to the versions this
 virtualenv runs, and cached under the state dir by requirement set.
+
+A container is confined: it runs as an unprivileged user (the image's uid 10001, or the host
+user's own uid when modelyard itself does not run as root), on a read-only root file system with
+a tmpfs /tmp, with every capability dropped and no-new-privileges. It can write only its own
+socket folder and its version's prediction log folder, and its environment holds only its own
+tokens (``replica_environment``): no database URL, webhook secret, registry credential or ledger
+key.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from deployments.targets.base import (Endpoint, Replica, TargetError, desired_replicas, free_port, host_replica, model_key,
-                                      ready_endpoint, socket_path, wait_ready)
+from deployments.targets.base import (Endpoint, Replica, TargetError, checked, desired_replicas, free_port, host_replica,
+                                      model_key, prune_logs, ready_endpoint, replica_environment, socket_dir,
+                                      socket_path, wait_ready)
 from modelyard.catalog import TAG_ARTIFACT_SHA256, Action
+from modelyard.names import check_model_name, check_version
+from modelyard.processes import MAX_SOCKET_PATH
 from modelyard.settings import Settings
 
 __all__ = ["DockerTarget", "Endpoint", "ImageRef", "TargetError"]
@@ -42,11 +53,14 @@ SERVING_PACKAGES = (
     "uvicorn", "uvloop", "httptools",
     "onnxruntime", "onnx",
     "mlflow-skinny", "scikit-learn", "skops",
+    "model-signing",  # verifies the model's signature before anything is loaded
+    "pyopenssl",  # model-signing imports it (its certificate method) without declaring it
 )
 # The server's own code, relative to the project: nothing else goes into an image.
 APP_FILES = ("deployments/__init__.py", "deployments/server", "modelyard/__init__.py",
              "modelyard/settings.py", "modelyard/integrity.py", "modelyard/catalog.py", "modelyard/onnx_feed.py",
-             "modelyard/ledger.py")
+             "modelyard/ledger.py", "modelyard/merkle.py", "modelyard/redaction.py", "modelyard/names.py",
+             "modelyard/signing.py")
 DOCKERFILE = Path("infra/docker/Dockerfile.model")
 
 LABEL_MODEL = "org.modelyard.model"
@@ -63,10 +77,10 @@ STOP_TIMEOUT_S = 30
 # Docker restarts a container whose server exits, with its own growing delay; `docker stop` (a
 # rollout retiring a version) is not undone.
 RESTART_POLICY = {"Name": "unless-stopped"}
-# Secrets of the stack a model server never uses: a container (whose model code runs in it)
-# does not get them. The ledger's key above all: the ledger is the host's to write and sign.
-WITHHELD_ENV = ("MODELYARD_DATABASE_URL", "MODELYARD_WEBHOOK_SECRET", "MODELYARD_LEDGER_KEY")
 PRUNER = "host:docker-target"
+# The image's unprivileged user (infra/docker/Dockerfile.model; the Kubernetes manifests use it too).
+SERVER_UID = 10001
+CONTAINER_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m"}
 
 
 @dataclass(frozen=True)
@@ -83,12 +97,13 @@ class ImageRef:
 def slug(name: str) -> str:
     """A lowercase Docker name component for a model name; a name that had to change gets a short
     hash of the original, so that ``Fraud_Model`` and ``fraud-model`` stay two images."""
+    check_model_name(name)
     cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
     return cleaned if cleaned == name else f"{cleaned[:100]}-{model_key(name)[:6]}"
 
 
 def image_tag(model: str, version: str) -> str:
-    return f"modelyard/{slug(model)}:v{re.sub(r'[^A-Za-z0-9_.-]', '-', version)}"
+    return f"modelyard/{slug(model)}:v{check_version(version)}"
 
 
 def stack_key(settings: Settings) -> str:
@@ -97,32 +112,55 @@ def stack_key(settings: Settings) -> str:
 
 
 def container_name(settings: Settings, model: str, version: str, replica: int = 0) -> str:
-    return f"modelyard-{slug(model)[:60]}-v{version}-r{replica}-{stack_key(settings)}"
+    model, version = checked(model, version)
+    return f"modelyard-{slug(model)[:60]}-v{version}-r{int(replica)}-{stack_key(settings)}"
+
+
+def container_socket(settings: Settings, model: str, version: str, replica: int = 0) -> Path:
+    """A container's unix socket, alone in its own folder: the only folder of the socket dir the
+    container can write (mounted read-write), so that it can neither remove nor replace another
+    replica's socket."""
+    shared = socket_path(settings, model, version, replica)
+    path = socket_dir(settings) / "c" / shared.stem / "s.sock"
+    if len(str(path)) > MAX_SOCKET_PATH:
+        raise TargetError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes: use a shorter MODELYARD_STATE_DIR")
+    return path
+
+
+def prediction_log_folder(settings: Settings, model: str, version: str) -> Path:
+    """Where a server of the version writes its prediction log (``PredictionLog.folder``)."""
+    model, version = checked(model, version)
+    return settings.prediction_log_dir / f"model={model}" / f"version={version}"
 
 
 # ---------------------------------------------------------------------------- wheelhouse
 
 def pinned_requirements(roots: Iterable[str] = SERVING_PACKAGES) -> list[str]:
     """``name==version`` of ``roots`` and everything they need, as this virtualenv has them
-    installed: the image runs exactly the versions the tests ran."""
+    installed: the image runs exactly the versions the tests ran. An extra a requirement asks for
+    (``pydantic[email]``) brings that extra's requirements too."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
     pinned: dict[str, str] = {}
-    pending = list(roots)
+    followed: set[tuple[str, str]] = set()  # (distribution, extra) whose requirements were added
+    pending: list[tuple[str, frozenset[str]]] = [(root, frozenset()) for root in roots]
     while pending:
-        name = canonicalize_name(pending.pop())
-        if name in pinned:
+        raw, extras = pending.pop()
+        name = canonicalize_name(raw)
+        wanted = {"", *extras} - {extra for dist, extra in followed if dist == name}
+        if not wanted:
             continue
         try:
             distribution = importlib.metadata.distribution(name)
         except importlib.metadata.PackageNotFoundError as error:
             raise TargetError(f"{name} is needed to serve but is not installed in {sys.prefix}") from error
         pinned[name] = distribution.version
+        followed |= {(name, extra) for extra in wanted}
         for line in distribution.requires or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                pending.append(requirement.name)
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra}) for extra in wanted):
+                pending.append((requirement.name, frozenset(requirement.extras)))
     return [f"{name}=={version}" for name, version in sorted(pinned.items())]
 
 
@@ -212,13 +250,52 @@ def build_context(settings: Settings, model_dir: Path, wheelhouse: Path, root: P
 
 
 def container_environment(settings: Settings, replica: Replica) -> dict[str, str]:
-    """A replica's environment: the stack's settings less the secrets it never needs, its port
-    and socket, and no prediction log retention. A container cannot record a prune in the
-    ledger (it has neither the ledger nor its key), so it never deletes partitions: the host
-    does, with a ledger record (``DockerTarget.prune_logs``)."""
-    env = {key: value for key, value in settings.child_env().items() if key not in WITHHELD_ENV}
-    return {**env, "MODELYARD_PREDICTION_LOG_RETENTION_DAYS": "0", "PORT": str(replica.port),
-            "UDS": str(replica.socket)}
+    """A replica's environment: ``replica_environment`` (its own tokens, no other secret, no
+    prediction log retention: the host prunes, with a ledger record, ``DockerTarget.prune_logs``),
+    its port and its socket."""
+    return {**replica_environment(settings), "PORT": str(replica.port), "UDS": str(replica.socket)}
+
+
+def container_user() -> tuple[int, int]:
+    """Who a container runs as: the image's unprivileged user when modelyard runs as root (which
+    then hands it the folders it writes), else the host user itself (never root either way), so
+    that what it writes into the shared folders is the host user's."""
+    if os.geteuid() == 0:
+        return SERVER_UID, SERVER_UID
+    return os.getuid(), os.getgid()
+
+
+def writable_folder(path: Path, owner: tuple[int, int]) -> Path:
+    """Make ``path`` (and the folders in it) a folder a container running as ``owner`` can write."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        for folder in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            os.chown(folder, *owner)
+    return path
+
+
+def container_options(settings: Settings, model: str, version: str, replica: Replica) -> dict:
+    """How a replica's container runs (``docker run`` options, the Docker SDK's names): confined
+    as the module says, with its socket folder and its prediction log folder read-write at the
+    host's paths (the router connects to the one, the monitor reads the other) and the trusted
+    model keys read-only."""
+    owner = container_user()
+    volumes = {
+        str(writable_folder(Path(str(replica.socket)).parent, owner)): {"bind": str(Path(str(replica.socket)).parent),
+                                                                         "mode": "rw"},
+        str(writable_folder(prediction_log_folder(settings, model, version), owner)): {
+            "bind": str(prediction_log_folder(settings, model, version)), "mode": "rw"},
+    }
+    from modelyard.signing import trusted_keys_dir
+
+    keys = trusted_keys_dir(settings)
+    if keys.is_dir():
+        volumes[str(keys)] = {"bind": str(keys), "mode": "ro"}
+    return {
+        "user": f"{owner[0]}:{owner[1]}", "read_only": True, "tmpfs": dict(CONTAINER_TMPFS),
+        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "network_mode": "host",
+        "volumes": volumes, "environment": container_environment(settings, replica),
+    }
 
 
 def _log_tail(container, lines: int = 20) -> str:
@@ -259,13 +336,17 @@ class DockerTarget:
         return get_resources(self.settings).registry
 
     def _registered(self, model: str, version: str) -> tuple[str, Path]:
-        """The recorded sha256 of a version and its downloaded model directory."""
+        """The recorded sha256 of a version and its downloaded model directory, checked against
+        it and its signature here, before it goes into an image."""
         from deployments.server.main import registered_digest, resolve_model_dir
 
         _, _, expected = registered_digest(f"models:/{model}/{version}", self.settings)
         if not expected:
             raise TargetError(f"{model} v{version} has no recorded artifact sha256: refusing to build an image of it")
-        return expected, resolve_model_dir(f"models:/{model}/{version}", self.settings)
+        try:
+            return expected, resolve_model_dir(f"models:/{model}/{version}", self.settings, expected, actor=PRUNER)
+        except ValueError as error:  # a tampered artifact or a refused signature
+            raise TargetError(f"{model} v{version} cannot go into an image: {error}") from error
 
     def build_image(self, model: str, version: str) -> ImageRef:
         """Build the image of ``models:/model/version`` and record it on the version and in the ledger."""
@@ -273,6 +354,7 @@ class DockerTarget:
 
         from modelyard.audit import append_audit_record
 
+        model, version = checked(model, version)
         started = time.monotonic()
         expected, model_dir = self._registered(model, version)
         house = ensure_wheelhouse(self.settings, pinned_requirements())
@@ -334,17 +416,13 @@ class DockerTarget:
                           key=lambda r: r.index)
         return ready_endpoint(model, version, replicas)
 
-    def _run(self, model: str, version: str, image: ImageRef, replica: Replica, logs: Path):
-        """One replica's container: host network, its socket and log folders at the host's paths."""
-        uds = Path(replica.socket)
+    def _run(self, model: str, version: str, image: ImageRef, replica: Replica):
+        """One replica's container (``container_options``): host network, its socket and log
+        folders at the host's paths."""
         return self.client.containers.run(
-            image.id, detach=True, name=replica.handle, network_mode="host",
-            environment=container_environment(self.settings, replica),
-            # Same paths inside and out: the socket the router connects to, the log the monitor reads.
-            volumes={str(uds.parent): {"bind": str(uds.parent), "mode": "rw"},
-                     str(logs): {"bind": str(logs), "mode": "rw"}},
+            image.id, detach=True, name=replica.handle, **container_options(self.settings, model, version, replica),
             labels={LABEL_MODEL: model, LABEL_VERSION: str(version), LABEL_STACK: stack_key(self.settings),
-                    LABEL_PORT: str(replica.port), LABEL_SOCKET: str(uds), LABEL_REPLICA: str(replica.index)},
+                    LABEL_PORT: str(replica.port), LABEL_SOCKET: str(replica.socket), LABEL_REPLICA: str(replica.index)},
             # Docker's health check is the image's (infra/docker/Dockerfile.model): the readiness route.
             restart_policy=RESTART_POLICY, stop_signal="SIGTERM")
 
@@ -353,6 +431,7 @@ class DockerTarget:
         is ready."""
         import docker.errors
 
+        model, version = checked(model, version)
         self.prune_logs(model)
         running = self.endpoint(model, version)
         count = self.replica_count or desired_replicas(self.settings, model, version)
@@ -360,16 +439,13 @@ class DockerTarget:
             return running
         self.stop(model, version)  # exited containers of this version would hold their names
         image = self.ensure_image(model, version)
-        logs = self.settings.prediction_log_dir
-        logs.mkdir(parents=True, exist_ok=True)
         replicas = [host_replica(self.settings, index, free_port(self.settings.host),
-                                 str(socket_path(self.settings, model, version, index)),
+                                 str(container_socket(self.settings, model, version, index)),
                                  container_name(self.settings, model, version, index)) for index in range(count)]
         containers = {}
         try:
             for replica in replicas:
-                Path(replica.socket).parent.mkdir(parents=True, exist_ok=True)
-                containers[replica.handle] = self._run(model, version, image, replica, logs)
+                containers[replica.handle] = self._run(model, version, image, replica)
         except docker.errors.APIError as error:
             self.stop(model, version)
             raise TargetError(f"{model} v{version} could not start: {error.explanation or error}") from error
@@ -401,16 +477,7 @@ class DockerTarget:
         ``container_environment``): partitions older than the host's
         ``prediction_log_retention_days`` are recorded in the ledger, then deleted. Run at every
         start; what was deleted, by version."""
-        from datetime import UTC, datetime, timedelta
-
-        from deployments.server.main import record_prune
-        from deployments.server.prediction_log import prune_partitions
-
-        days = self.settings.prediction_log_retention_days
-        if days <= 0:
-            return {}
-        return prune_partitions(self.settings.prediction_log_dir, model, datetime.now(UTC) - timedelta(days=days),
-                                record_prune(self.settings, model, PRUNER))
+        return prune_logs(self.settings, model, PRUNER)
 
     def restart_replica(self, handle: str, hung: bool, pid: int | None = None) -> str:
         """Have a lost replica started again; what was done. A hung container is restarted at
@@ -434,9 +501,11 @@ class DockerTarget:
         """Stop the version's containers gracefully (SIGTERM, then SIGKILL after 30 s) and remove them."""
         import docker.errors
 
+        model, version = checked(model, version)
         self._serving().forget_replicas(model, version)  # the watchdog lets them go first
         stopped = False
         for container in self._containers(model, version, running_only=False):
+            socket = container.labels.get(LABEL_SOCKET)
             try:
                 if container.status == "running":
                     container.stop(timeout=STOP_TIMEOUT_S)
@@ -444,4 +513,7 @@ class DockerTarget:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+            folder = Path(socket).parent if socket else None
+            if folder is not None and folder.parent == socket_dir(self.settings) / "c":
+                shutil.rmtree(folder, ignore_errors=True)  # its own socket folder (container_socket)
         return stopped

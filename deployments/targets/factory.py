@@ -23,6 +23,9 @@ def make_target(settings: Settings, kind: str) -> Target:
 
         def spec_of(model: str):
             """The spec of the model's champion (placement and resources are per model)."""
+            from modelyard.names import check_model_name
+
+            check_model_name(model)
             client = get_resources(settings).registry
             champion = client.get_model_version_by_alias(model, CHAMPION)
             spec = version_spec(client, model, str(champion.version))

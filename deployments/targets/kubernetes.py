@@ -3,7 +3,13 @@ model selects the version that takes traffic, so a blue/green switch is one sele
 
 Objects per version (all named ``<model>-v<version>``): a Deployment, a Service that reaches
 only that version (direct probes), a PodDisruptionBudget and a HorizontalPodAutoscaler. Per
-model: the stable Service ``<model>``.
+model: the stable Service ``<model>``. Per namespace: the Secret of the servers' own tokens
+(inference and admin, nothing else) and the ConfigMap of the public keys model signatures are
+verified against (mounted read-only).
+
+Pods run as the model image's unprivileged user (uid 10001), non-root, on a read-only root file
+system, with every capability dropped, no privilege escalation and the runtime's default seccomp
+profile. Model names and versions are checked (``modelyard.names``) before any object is named.
 
 Rendering is pure (``render_manifests``); deciding whether a rollout is done (``rollout_state``)
 and which revision an undo returns to (``previous_revision``) are pure too. ``KubernetesTarget``
@@ -25,6 +31,7 @@ from functools import cached_property
 from typing import Any
 
 from deployments.targets.base import Endpoint, Replica, TargetError
+from modelyard.names import check_model_name, check_version
 from modelyard.settings import Settings
 from modelyard.spec import ModelSpec
 
@@ -42,7 +49,11 @@ FIELD_MANAGER = "modelyard"
 CONTAINER = "server"
 SERVICE_PORT = 80
 STATE_DIR = "/var/lib/modelyard"
-API_TOKEN_SECRET = "modelyard-api-token"  # optional Secret with key `token`: the server's bearer token
+# The servers' tokens: `token` (inference bearer token) and `admin-token` (modelyard's own replays).
+API_TOKEN_SECRET = "modelyard-api-token"
+TOKEN_KEYS = {"MODELYARD_API_TOKEN": "token", "MODELYARD_ADMIN_TOKEN": "admin-token"}
+TRUSTED_KEYS_CONFIG_MAP = "modelyard-trusted-model-keys"
+TRUSTED_KEYS_DIR = "/etc/modelyard/trusted-model-keys"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 RUN_AS = 10001  # any non-root uid: the image runs a Python server that needs no privileges
@@ -69,13 +80,14 @@ def _slug(text: str, max_len: int, leading_letter: bool) -> str:
 
 
 def dns_label(model: str) -> str:
-    """The model's name as a DNS-1035 label (what a Service name must be), unchanged when it is one."""
-    return _slug(model, MODEL_NAME_MAX, leading_letter=True)
+    """The model's name as a DNS-1035 label (what a Service name must be), unchanged when it is
+    one; only a valid model name (``modelyard.names``) gets one."""
+    return _slug(check_model_name(model), MODEL_NAME_MAX, leading_letter=True)
 
 
 def version_label(version: str) -> str:
     """The version as it appears in names and the ``modelyard.io/version`` label."""
-    return _slug(str(version), VERSION_NAME_MAX, leading_letter=False)
+    return _slug(check_version(version), VERSION_NAME_MAX, leading_letter=False)
 
 
 def service_name(model: str) -> str:
@@ -138,8 +150,10 @@ def _container(spec: ModelSpec, image: str, port: int, command: list[str] | None
             {"name": "MODELYARD_HOST", "value": "0.0.0.0"},
             {"name": "PORT", "value": str(port)},  # the model image's entrypoint serves on $PORT
             {"name": "MODELYARD_STATE_DIR", "value": STATE_DIR},
-            {"name": "MODELYARD_API_TOKEN", "valueFrom": {"secretKeyRef": {
-                "name": API_TOKEN_SECRET, "key": "token", "optional": True}}},
+            # The server's own tokens, and no other secret (render_token_secret).
+            *({"name": variable, "valueFrom": {"secretKeyRef": {"name": API_TOKEN_SECRET, "key": key, "optional": True}}}
+              for variable, key in TOKEN_KEYS.items()),
+            {"name": "MODELYARD_TRUSTED_MODEL_KEYS_DIR", "value": TRUSTED_KEYS_DIR},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ],
         "resources": resources,
@@ -154,9 +168,14 @@ def _container(spec: ModelSpec, image: str, port: int, command: list[str] | None
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "privileged": False,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "trusted-keys", "mountPath": TRUSTED_KEYS_DIR, "readOnly": True}],
     }
     if command:
         container["args"] = list(command)
@@ -192,7 +211,10 @@ def render_deployment(spec: ModelSpec, version: str, image: str, port: int = 808
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(spec, image, port, command)],
-        "volumes": [{"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [{"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {"medium": "Memory"}},
+                    # Not optional: without trusted keys a server refuses every model, so the pod
+                    # is better not started at all (the target publishes them first).
+                    {"name": "trusted-keys", "configMap": {"name": TRUSTED_KEYS_CONFIG_MAP, "optional": False}}],
     }
     if spec.serving.kubernetes.node_selector:
         pod_spec["nodeSelector"] = dict(spec.serving.kubernetes.node_selector)
@@ -261,6 +283,27 @@ def render_autoscaler(spec: ModelSpec, version: str) -> dict[str, Any]:
                 "name": "cpu", "target": {"type": "Utilization", "averageUtilization": k8s.target_cpu_utilization}}}],
         },
     }
+
+
+def _namespaced(kind: str, api_version: str, name: str, namespace: str) -> dict[str, Any]:
+    _check_namespace(namespace)
+    return {"apiVersion": api_version, "kind": kind, "metadata": {
+        "name": name, "namespace": namespace,
+        "labels": {"app.kubernetes.io/part-of": "modelyard", "app.kubernetes.io/managed-by": "modelyard"}}}
+
+
+def render_token_secret(namespace: str, replica_env: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret of the servers' tokens, from a model server's environment
+    (``Settings.replica_env()``): the inference and the admin token, never any other value."""
+    data = {key: replica_env[variable] for variable, key in TOKEN_KEYS.items() if replica_env.get(variable)}
+    return {**_namespaced("Secret", "v1", API_TOKEN_SECRET, namespace), "type": "Opaque", "stringData": data}
+
+
+def render_trusted_keys(namespace: str, keys: Mapping[str, str]) -> dict[str, Any]:
+    """The ConfigMap of the public keys (file name → PEM) whose model signatures servers trust."""
+    if not keys:
+        raise ValueError("no trusted model key to publish: every server would refuse its model")
+    return {**_namespaced("ConfigMap", "v1", TRUSTED_KEYS_CONFIG_MAP, namespace), "data": dict(keys)}
 
 
 def render_manifests(spec: ModelSpec, version: str, image: str, port: int = 8080,
@@ -444,6 +487,8 @@ class KubernetesTarget:
         return {
             "Deployment": (apps, "namespaced_deployment"),
             "Service": (core, "namespaced_service"),
+            "Secret": (core, "namespaced_secret"),
+            "ConfigMap": (core, "namespaced_config_map"),
             "PodDisruptionBudget": (policy, "namespaced_pod_disruption_budget"),
             "HorizontalPodAutoscaler": (autoscaling, "namespaced_horizontal_pod_autoscaler"),
         }[kind]
@@ -477,6 +522,14 @@ class KubernetesTarget:
                 return False
             raise TargetError(f"deleting {kind} {namespace}/{name} failed: {_api_reason(error)}") from error
 
+    def trusted_keys(self) -> dict[str, str]:
+        """The host's trusted public keys (``*.pub`` in the trusted-keys dir), by file name."""
+        from modelyard.signing import PUBLIC_KEY_SUFFIX, trusted_keys_dir
+
+        folder = trusted_keys_dir(self.settings)
+        files = sorted(folder.glob(f"*{PUBLIC_KEY_SUFFIX}")) if folder.is_dir() else []
+        return {path.name: path.read_text() for path in files}
+
     # -- Target ----------------------------------------------------------------------------
 
     def _endpoint(self, spec: ModelSpec, version: str) -> Endpoint:
@@ -505,7 +558,9 @@ class KubernetesTarget:
         spec = self.spec_loader(model)
         namespace = spec.serving.kubernetes.namespace
         try:
-            objects = render_manifests(spec, version, self.image_for(spec, version))
+            objects = [render_token_secret(namespace, self.settings.replica_env()),
+                       render_trusted_keys(namespace, self.trusted_keys()),
+                       *render_manifests(spec, version, self.image_for(spec, version))]
         except ValueError as error:
             raise TargetError(f"{model} v{version} cannot run on Kubernetes: {error}") from error
         stable = service_name(model)

@@ -1,10 +1,16 @@
 """The ``local`` target: each model version runs as N replicas (``serving.replicas``), each a
-`modelyard serve` program of the stack's supervisord on its own loopback port and unix socket,
-restarted by supervisord's policy when it exits (and by the watchdog when it hangs).
+``python -m deployments.server`` program of the stack's supervisord on its own loopback port and
+unix socket, restarted by supervisord's policy when it exits (and by the watchdog when it hangs).
 
-The target downloads the version once and reads its registered sha256; every replica serves
-that directory and refuses files that hash otherwise. A restart thus needs neither MLflow nor
-a download: a replica comes back while the registry itself is restarting.
+The target, in its own trusted process, downloads the version once, checks it against the
+registered sha256 and its signature, and hands every replica that directory and that sha256; a
+replica verifies both again before it loads anything. A replica thus never talks to the registry:
+a restart needs neither MLflow nor a download (it comes back while the registry itself is
+restarting), and a model server holds no registry credential. Its environment is
+``Settings.replica_env()``: its own inference and admin tokens, and no other secret.
+
+A replica never prunes its prediction log (that is recorded in the ledger, which a model server
+does not write): the target prunes at every start, as the docker target does.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from deployments.targets.base import (Endpoint, Replica, TargetError, desired_replicas, free_port, host_replica,
-                                      ready_endpoint, socket_path, wait_ready)
+from deployments.targets.base import (Endpoint, Replica, TargetError, checked, desired_replicas, free_port,
+                                      host_replica, prune_logs, ready_endpoint, replica_environment, socket_path,
+                                      wait_ready)
 from deployments.server.main import registered_digest, resolve_model_dir
 from modelyard.catalog import TAG_ARTIFACT_SHA256
 from modelyard.processes import EXITED_STATES, Program, stack_supervisor
@@ -22,6 +29,7 @@ from modelyard.settings import Settings
 __all__ = ["Endpoint", "LocalTarget", "TargetError"]
 
 PROGRAM_PREFIX = "serve-"
+ACTOR = "host:local-target"  # who prunes replicas' logs and records a refused version
 REPLICA_PRIORITY = 900  # stopped before the stack's own programs, after the watchdog
 STOP_WAIT_S = 15
 
@@ -37,7 +45,8 @@ class LocalTarget:
 
     @staticmethod
     def program_name(model: str, version: str, index: int) -> str:
-        return f"{PROGRAM_PREFIX}{model}-v{version}-r{index}"
+        model, version = checked(model, version)
+        return f"{PROGRAM_PREFIX}{model}-v{version}-r{int(index)}"
 
     def _serving(self):
         from modelyard.resources import get_resources
@@ -62,27 +71,36 @@ class LocalTarget:
         return ready_endpoint(model, version, alive)
 
     def _program(self, model: str, version: str, replica: Replica, model_dir: Path, digest: str) -> Program:
-        command = [sys.executable, "-m", "modelyard.cli", "serve", str(model_dir), "--name", model, "--version", version,
+        """A replica's program: the verified directory and its sha256 on the command line (no
+        secret), its own tokens in its environment (``replica_environment``)."""
+        command = [sys.executable, "-m", "deployments.server", str(model_dir), "--name", model, "--version", version,
                    "--expected-sha256", digest, "--port", str(replica.port), "--uds", str(replica.socket)]
-        return Program(replica.handle, command, self.settings.project_dir,
-                       {"PATH": str(Path(sys.executable).parent)}, priority=REPLICA_PRIORITY, startsecs=5,
-                       stopwaitsecs=STOP_WAIT_S)
+        environment = {**replica_environment(self.settings), "PATH": str(Path(sys.executable).parent)}
+        return Program(replica.handle, command, self.settings.project_dir, environment, priority=REPLICA_PRIORITY,
+                       startsecs=5, stopwaitsecs=STOP_WAIT_S)
 
     def start(self, model: str, version: str, timeout_s: float = 120) -> Endpoint:
-        """Start ``models:/model/version`` (integrity-checked by the server) as N supervised
-        replicas and wait until every one is ready; replicas already running are kept."""
+        """Start ``models:/model/version`` as N supervised replicas and wait until every one is
+        ready; replicas already running are kept. The version's files are checked here against
+        the registered sha256 and their signature (a refusal raises before any replica starts),
+        and again by every replica before it loads them."""
+        model, version = checked(model, version)
         if not self.supervisor.running():
             raise TargetError(f"the stack's supervisor is not running ({self.supervisor.socket}): "
                               "run `modelyard stack up`")
         count = self.replica_count or desired_replicas(self.settings, model, version)
         try:
             _, _, digest = registered_digest(f"models:/{model}/{version}", self.settings)
-            model_dir = resolve_model_dir(f"models:/{model}/{version}", self.settings)
         except Exception as error:  # noqa: BLE001 - the registry's own errors: say what was being fetched
             raise TargetError(f"fetching {model} v{version} from the registry failed: {error}") from error
         if not digest:
             raise TargetError(f"{model} v{version} has no recorded artifact sha256 ({TAG_ARTIFACT_SHA256}): "
                               "refusing to serve it")
+        try:  # checked here, in this trusted process: the sha256 and the signature (recorded if refused)
+            model_dir = resolve_model_dir(f"models:/{model}/{version}", self.settings, digest, actor=ACTOR)
+        except Exception as error:  # noqa: BLE001 - a refusal or the registry's own error: say which version
+            raise TargetError(f"{model} v{version} cannot be served: {error}") from error
+        prune_logs(self.settings, model, ACTOR)
         known = {r.index: r for r in self.replicas(model, version)}
         replicas = [known.get(index) or host_replica(
             self.settings, index, free_port(self.settings.host), str(socket_path(self.settings, model, version, index)),
@@ -111,6 +129,7 @@ class LocalTarget:
 
     def stop(self, model: str, version: str) -> bool:
         """Stop every replica of the version (gracefully: in-flight requests finish) and forget it."""
+        model, version = checked(model, version)
         replicas = self.replicas(model, version)
         self._serving().forget_replicas(model, version)  # the watchdog lets them go first
         stopped = [self.supervisor.remove(r.handle) for r in replicas]

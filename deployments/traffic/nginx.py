@@ -23,13 +23,23 @@ Both the primary and the mirror carry the same ``X-Request-ID`` so that predicti
 compared by request id, and the router's own id of the request (``X-Modelyard-Trace``,
 nginx's ``$request_id``, replacing any client value); the client only ever sees the primary's
 answer.
+
+Unprivileged workers: when nginx starts as root, its workers run as ``nobody`` (its own group),
+never as root. They must still reach the slots and the replicas' sockets although the state dir's
+ancestors may be private (a home directory, pytest's 0700 temp dirs), so nginx runs with its
+working directory at the router's root and every path a worker opens is relative to it: slot
+paths, the slots' symlink targets (``../../../sock/…``), the null socket and the temporary
+files. Resolving a relative path needs search permission only on the directories it passes, all
+of them under the state dir, which the router keeps traversable (``o+x``, never readable).
 """
 
 from __future__ import annotations
 
 import fcntl
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -41,6 +51,7 @@ from pathlib import Path
 
 from deployments.targets.base import Endpoint, model_key
 from modelyard.catalog import SHADOW_HEADER, TRACE_HEADER
+from modelyard.names import check_model_name, check_version
 from modelyard.processes import MAX_SOCKET_PATH
 from modelyard.settings import Settings
 
@@ -48,6 +59,8 @@ SLOTS = 20
 UPSTREAM_CONNECT_TIMEOUT_S = 1
 # No retry starts later than this after the first try (a slow answer is not retried forever).
 RETRY_WINDOW_S = 10
+# Who nginx's workers run as when its master starts as root.
+WORKER_USER = "nobody"
 
 
 class TrafficError(RuntimeError):
@@ -109,8 +122,11 @@ def live_replicas(replicas: dict[str, list[str]], down: set[str]) -> dict[str, l
 
 
 def render_model_conf(model: str, listen_host: str, listen_port: int, slot_dir: Path, slots: int = SLOTS) -> str:
-    """The server block of one model: a ring of slot sockets, a shadow slot and a mirror."""
-    upstream = f"model_{_safe(model)}"
+    """The server block of one model: a ring of slot sockets, a shadow slot and a mirror.
+    ``slot_dir`` as the workers see it (relative to nginx's working directory, the router root).
+    The model name goes into the file: only a valid name (``modelyard.names``) does."""
+    check_model_name(model)
+    upstream = f"model_{_safe(model)}_{model_key(model)[:6]}"  # "a-b" and "a_b" stay two upstreams
     servers = "\n".join(f"    server unix:{slot_dir / f'{i:02d}'} max_fails=0;" for i in range(slots))
     # Each try on a dead replica fails at once (refused); with every slot allowed, a request
     # finds a live replica however many of the slots it meets first point at the dead one.
@@ -156,18 +172,52 @@ server {{
 """
 
 
+def _link_text(link: Path, target: str) -> str:
+    """What ``link`` holds to reach ``target``: relative to the link's folder, so that resolving
+    it never needs the state dir's ancestors (see the module's docstring)."""
+    return os.path.relpath(target, link.parent) if os.path.isabs(target) else target
+
+
 def _point(link: Path, target: str) -> None:
     """Re-point ``link`` at ``target`` atomically (symlink beside it, then rename over it)."""
     tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
+    tmp.symlink_to(_link_text(link, target))
     os.replace(tmp, link)
 
 
 def _repoint(link: Path, target: str) -> None:
     """``_point``, only when ``link`` points elsewhere now."""
-    if not link.is_symlink() or os.readlink(link) != target:
+    if not link.is_symlink() or os.readlink(link) != _link_text(link, target):
         _point(link, target)
+
+
+def worker_user() -> tuple[str, str] | None:
+    """(user, group) nginx's workers run as: ``nobody`` and its own group when nginx starts as
+    root; None when it does not (its workers then run as the same unprivileged user)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam(WORKER_USER)
+        group = grp.getgrgid(user.pw_gid).gr_name
+    except KeyError as error:
+        raise TrafficError(f"no user {WORKER_USER!r} (and group) for nginx's workers to run as: refusing to run "
+                           "them as root") from error
+    return user.pw_name, group
+
+
+def open_for_workers(base: Path, path: Path) -> None:
+    """Let another user pass through the folders from ``base`` down to ``path``'s own folder
+    (search only, ``o+x``; nothing becomes listable or readable)."""
+    base, folder = base.resolve(), Path(path).parent.resolve()
+    if not folder.is_relative_to(base):
+        raise TrafficError(f"{path} is outside {base}: nginx's workers could not reach it")
+    for current in [folder, *folder.parents]:
+        mode = current.stat().st_mode
+        if not mode & 0o001:
+            current.chmod((mode & 0o7777) | 0o001)
+        if current == base:
+            return
 
 
 class NginxRouter:
@@ -185,27 +235,29 @@ class NginxRouter:
     # --- the nginx process -------------------------------------------------------------
 
     def _main_conf_text(self) -> str:
-        tmp = self.root / "tmp"
-        # Workers must reach sockets under the state dir, which may be private to its owner.
-        user = "user root root;\n" if os.geteuid() == 0 else ""
-        return f"""{user}worker_processes 1;
+        # Paths a worker opens are relative to the router root (nginx's working directory and,
+        # as "./", its prefix); the master alone opens the pid file, the log and the includes.
+        who = worker_user()
+        user = f"user {who[0]} {who[1]};\n" if who else ""
+        return f"""# rendered by modelyard; do not edit. Relative paths start at {self.root} (nginx runs there).
+{user}worker_processes 1;
 pid {self.pid_file};
 error_log {self.settings.logs_dir / 'nginx-error.log'} warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+    client_body_temp_path tmp/body;
+    proxy_temp_path tmp/proxy;
+    fastcgi_temp_path tmp/fastcgi;
+    uwsgi_temp_path tmp/uwsgi;
+    scgi_temp_path tmp/scgi;
     map $http_x_request_id $modelyard_request_id {{
         ""      $request_id;
         default $http_x_request_id;
     }}
     # Where a model's shadow slot points while no shadow version runs.
     server {{
-        listen unix:{self.null_socket};
+        listen unix:{self.null_socket.relative_to(self.root)};
         location / {{ return 204; }}
     }}
     include {self.models_dir}/*.conf;
@@ -221,7 +273,7 @@ http {{
             return False
 
     def _nginx(self, *args: str) -> None:
-        result = subprocess.run([self.binary, "-c", str(self.main_conf), "-p", str(self.root), *args],
+        result = subprocess.run([self.binary, "-c", str(self.main_conf), "-p", "./", *args], cwd=self.root,
                                 capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise TrafficError(f"nginx {' '.join(args)} failed: {result.stderr.strip()}")
@@ -242,7 +294,7 @@ http {{
     # --- per-model endpoints -----------------------------------------------------------
 
     def slot_dir(self, model: str) -> Path:
-        path = self.root / "s" / model_key(model)
+        path = self.root / "s" / model_key(check_model_name(model))
         if len(str(path / "shadow")) > MAX_SOCKET_PATH:
             raise TrafficError(f"slot path {path} is too long for a unix socket: use a shorter MODELYARD_STATE_DIR")
         return path
@@ -252,12 +304,16 @@ http {{
         (version → its replicas' sockets), ``down`` (sockets taken out of the route),
         ``shadow`` and ``shadow_replicas``."""
         try:
-            return json.loads((self.models_dir / f"{model}.json").read_text())
+            return json.loads(self._model_file(model, ".json").read_text())
         except FileNotFoundError:
             return {}
 
+    def _model_file(self, model: str, suffix: str) -> Path:
+        """A model's own file in the router's models folder: only a valid name makes one."""
+        return self.models_dir / f"{check_model_name(model)}{suffix}"
+
     def _save_state(self, model: str, state: dict) -> None:
-        path = self.models_dir / f"{model}.json"
+        path = self._model_file(model, ".json")
         staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         staged.write_text(json.dumps(state | {"changed_at": time.time()}))
         os.replace(staged, path)
@@ -265,8 +321,9 @@ http {{
     @contextmanager
     def _locked(self, model: str) -> Iterator[None]:
         """One change of a model's slots at a time (a rollout and the watchdog may both move them)."""
+        lock = self._model_file(model, ".lock")
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.models_dir / f"{model}.lock", "a+") as handle:
+        with open(lock, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -286,6 +343,7 @@ http {{
 
     def ensure(self, model: str) -> str:
         """The model's stable endpoint, created (one reload) if it does not exist yet."""
+        check_model_name(model)
         for sub in ("models", "tmp", "s"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -299,8 +357,10 @@ http {{
         shadow = slot_dir / "shadow"
         if not shadow.is_symlink():
             _point(shadow, str(self.null_socket))
-        conf = self.models_dir / f"{model}.conf"
-        text = render_model_conf(model, self.settings.host, port, slot_dir)
+        if worker_user() is not None:
+            open_for_workers(self.settings.state_dir, shadow)
+        conf = self._model_file(model, ".conf")
+        text = render_model_conf(model, self.settings.host, port, slot_dir.relative_to(self.root))
         if not conf.exists() or conf.read_text() != text:
             conf.write_text(text)
             changed = True
@@ -329,8 +389,10 @@ http {{
         finish where they are."""
         url = self.ensure(model)
         for endpoint in weights:
+            check_version(endpoint.version)
             if any(not replica.socket for replica in endpoint.replicas):
                 raise TrafficError(f"{model} v{endpoint.version} has no unix socket for the router")
+            self._reachable(endpoint)
         slot_layout({e.version: w for e, w in weights.items()})  # refuses bad weights before anything moves
         with self._locked(model):
             state = self.state(model)
@@ -344,6 +406,12 @@ http {{
             self._save_state(model, state)
         return url
 
+    def _reachable(self, endpoint: Endpoint) -> None:
+        """Make the folders of the endpoint's sockets passable for unprivileged workers."""
+        if worker_user() is not None:
+            for replica in endpoint.replicas:
+                open_for_workers(self.settings.state_dir, Path(str(replica.socket)))
+
     def weights(self, model: str) -> dict[str, int]:
         """Percent of traffic per version, as last routed."""
         return {str(v): int(w) for v, w in self.state(model).get("weights", {}).items()}
@@ -351,8 +419,11 @@ http {{
     def shadow(self, model: str, endpoint: Endpoint | None) -> None:
         """Mirror every request of ``model`` to ``endpoint`` (``None``: mirror to nowhere)."""
         self.ensure(model)
-        if endpoint is not None and any(not replica.socket for replica in endpoint.replicas):
-            raise TrafficError(f"{model} v{endpoint.version} has no unix socket for the router")
+        if endpoint is not None:
+            check_version(endpoint.version)
+            if any(not replica.socket for replica in endpoint.replicas):
+                raise TrafficError(f"{model} v{endpoint.version} has no unix socket for the router")
+            self._reachable(endpoint)
         with self._locked(model):
             state = self.state(model)
             state.update(shadow=endpoint.version if endpoint is not None else None,
@@ -365,6 +436,7 @@ http {{
         the version's live replicas) or put it in (``live=True``, also a replica the version's
         endpoint did not have when it was routed). Idempotent (the watchdog asserts it on every
         probe); True if the routing changed."""
+        check_version(version)
         with self._locked(model):
             state = self.state(model)
             if not state:
@@ -372,6 +444,8 @@ http {{
             changed = json.loads(json.dumps(state))
             down = set(changed.get("down", []))
             if live:
+                if worker_user() is not None:
+                    open_for_workers(self.settings.state_dir, Path(socket_path))
                 down.discard(socket_path)
                 replicas = changed.setdefault("replicas", {})
                 if version in (changed.get("weights") or {}) and socket_path not in replicas.get(version, []):

@@ -90,8 +90,7 @@ def stack_settings(state_dir: Path) -> Settings:
 
 def cli(settings: Settings, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess:
     """``modelyard ARGS`` against this stack (its MODELYARD_* settings), output kept in its logs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(settings.child_env() | settings.prefect_client_env())
+    env = settings.inherited_env() | settings.child_env() | settings.prefect_client_env()
     result = subprocess.run([str(BIN / "modelyard"), *args], env=env, cwd=ROOT, capture_output=True, text=True,
                             timeout=timeout_s)
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -303,7 +302,7 @@ class Bench:
         from prefect.client.orchestration import SyncPrefectClient
 
         try:
-            with SyncPrefectClient(self.settings.prefect_api_url) as client:
+            with SyncPrefectClient(self.settings.prefect_api_url, auth_string=self.settings.prefect_auth()) as client:
                 workers = client.read_workers_for_work_pool(self.settings.work_pool)
         except Exception:  # noqa: BLE001 - Prefect not answering: not healthy
             return False
@@ -458,9 +457,9 @@ def main() -> None:
     log(f"stack up in {settings.state_dir} …")
     cli(settings, "stack", "up")
     try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+        with temporary_settings(settings.prefect_client_settings()):
             faults, probes, versions, rate = chaos(settings, args)
     except BaseException:
         stack_down(settings)

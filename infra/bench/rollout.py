@@ -127,7 +127,7 @@ def timed_rollout(name: str, url: str, payload: str, seconds: int, action) -> di
 def main() -> None:
     args = bench_arguments("rollout.md", switches=20, seconds=30)
     settings = start_stack()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from deployments import strategies
     from deployments.targets.local import LocalTarget
@@ -136,7 +136,7 @@ def main() -> None:
     from tests.support.broken_models import register_faulty_version
 
     payload = one_row_body()
-    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+    with temporary_settings(settings.prefect_client_settings()):
         from flows.build import build
 
         v1 = registered_version(settings)

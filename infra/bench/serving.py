@@ -40,14 +40,14 @@ def free_port() -> int:
 
 def registered_version(settings: Settings) -> str:
     """The champion of bench-rf100, training it through the model pipeline if needed."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from modelyard.catalog import CHAMPION
     from modelyard.resources.registry import alias_version, registry_client
 
     version = alias_version(registry_client(settings), "bench-rf100", CHAMPION)
     if version is None:
-        with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+        with temporary_settings(settings.prefect_client_settings()):
             from flows.pipeline import model_pipeline
 
             version = model_pipeline(str(SPEC))["version"]
@@ -94,7 +94,8 @@ def run_wrk(url: str, body: str, seconds: int, connections: int) -> dict:
 
 def start_stack() -> Settings:
     """The stack of this checkout's settings, up (started where it is not), with this process
-    and its children pointed at it (MODELYARD_*, its MLflow, its Prefect API)."""
+    and its children pointed at it (MODELYARD_*, its MLflow and its Prefect API, with their
+    credentials: the MLflow service identity, the Prefect API's auth string)."""
     settings = Settings()
     print("bringing the stack up …", flush=True)
     Stack(settings, progress=lambda m: print(f"  {m}", flush=True)).up()

@@ -11,13 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard.catalog import CHAMPION, PIPELINE_DEPLOYMENT, Action
+from modelyard.cli.audit import audit_app
 from modelyard.cli.stack import Stack, StackError
 from modelyard.ledger import ledger_from_settings
 from modelyard.settings import get_settings
 
 app = typer.Typer(help="modelyard: build, validate, evaluate, deploy, monitor and retrain models.", no_args_is_help=True)
 stack_app = typer.Typer(help="Start, stop and inspect the embedded stack.", no_args_is_help=True)
-audit_app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(audit_app, name="audit")
 
@@ -35,6 +35,34 @@ def _resources(settings):
 
 def _stack() -> Stack:
     return Stack(get_settings(), progress=lambda message: console.print(f"[dim]·[/dim] {message}"))
+
+
+def _valid(check, value: str, field: str) -> str:
+    """``check(value, field)`` (``modelyard.names``), else the reason on stderr and exit 2."""
+    from modelyard.names import InvalidName
+
+    try:
+        return check(value, field)
+    except InvalidName as error:
+        errors.print(str(error), style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from error
+
+
+def _valid_model_reference(model: str) -> None:
+    """A ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` with a valid name, version, alias."""
+    from modelyard.names import check_model_name, check_version
+
+    if not model.startswith("models:/"):
+        return  # a model directory: its name is --name
+    reference = model.removeprefix("models:/").strip("/")
+    name, alias = reference.split("@", 1) if "@" in reference else (reference, None)
+    if alias is not None:
+        _valid(check_model_name, name, "MODEL name")
+        _valid(check_model_name, alias, "MODEL alias")
+        return
+    name, _, number = name.rpartition("/")
+    _valid(check_model_name, name, "MODEL name")
+    _valid(check_version, number, "MODEL version")
 
 
 def _print_status(rows) -> None:
@@ -111,38 +139,6 @@ def stack_status(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
         raise typer.Exit(1)
 
 
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the hash chain; name the first record that was edited, deleted, inserted or reordered."""
-    settings = get_settings()
-    result = ledger_from_settings(settings).verify()
-    if result.ok:
-        console.print(f"[green]ledger OK[/green]: {result.records} records verified ({settings.ledger_path})")
-        return
-    errors.print(f"[red]ledger BROKEN[/red] after {result.records} good records: {result.problem}")
-    raise typer.Exit(1)
-
-
-@audit_app.command("show")
-def audit_show(
-    subject: Annotated[str | None, typer.Option(help="Only records about this subject.")] = None,
-    limit: Annotated[int, typer.Option(help="Show the last N records.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line.")] = False,
-) -> None:
-    """The ledger's records, newest last."""
-    records = ledger_from_settings(get_settings()).records(subject=subject)[-limit:]
-    if as_json:
-        for record in records:
-            print(json.dumps(record, sort_keys=True))
-        return
-    table = Table(title="audit ledger")
-    for column in ("seq", "time", "actor", "action", "subject", "details"):
-        table.add_column(column, overflow="fold")
-    for r in records:
-        table.add_row(str(r["seq"]), r["time"], r["actor"], r["action"], r["subject"], json.dumps(r["details"])[:120])
-    console.print(table)
-
-
 @app.command("train")
 def train(
     spec: Annotated[Path, typer.Argument(help="The model spec (YAML).", exists=True, dir_okay=False)],
@@ -193,6 +189,13 @@ def serve(
 ) -> None:
     """Serve one model version over the MLflow scoring and Open Inference v2 protocols."""
     from deployments.server.main import serve as run_server
+    from modelyard.names import check_model_name, check_version
+
+    _valid_model_reference(model)
+    if name:
+        _valid(check_model_name, name, "--name")
+    if version:
+        _valid(check_version, version, "--version")
 
     try:
         run_server(model, get_settings(), port=port, log_predictions=not no_log, uds=uds,
@@ -211,6 +214,11 @@ def rollback(
     """Put the version that served before back in service, now (a Prefect flow run)."""
     import os
 
+    from modelyard.names import check_model_name, check_version
+
+    _valid(check_model_name, model, "MODEL")
+    if to is not None:
+        _valid(check_version, to, "--to")
     settings = get_settings()
     os.environ.update(settings.child_env() | settings.prefect_client_env())  # the flow run reports to this stack's Prefect
     from deployments.strategies import RolloutFailed

@@ -14,9 +14,9 @@ def run_deployment_and_wait(
 ) -> FlowRun:
     """Start deployment ``flow/deployment`` on the stack's worker and wait for its final state."""
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: settings.prefect_api_url}):
+    with temporary_settings(settings.prefect_client_settings()):
         return run_deployment(name, parameters=parameters or {}, timeout=timeout_s, poll_interval=1)
 
 

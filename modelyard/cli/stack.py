@@ -110,23 +110,41 @@ class Stack:
 
     # -- environment of the child processes -------------------------------------------------
 
-    def _base_env(self) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
-        env.update(self.settings.child_env())
-        env.update(self.settings.prefect_client_env())
-        return env
-
     def _supervisor_env(self) -> dict[str, str]:
-        """What supervisord, and so every program, inherits: the base environment and what only
-        one server needs but holds a secret (its database URL, a key): kept in memory, never in
-        a program file nor on a command line."""
-        env = self._base_env()
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.settings.prefect_database_url
-        env["MLFLOW_BACKEND_STORE_URI"] = self.settings.mlflow_backend_uri  # `mlflow server --backend-store-uri`
-        env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] = mlflow_secret_encryption_key(self.settings)
+        """What supervisord, and so every program and serving replica, inherits: the caller's
+        environment less Prefect's and MLflow's variables and anything secret
+        (``Settings.inherited_env``), plus where this stack is. No secret at all: each program
+        gets its own in its environment."""
+        return {**self.settings.inherited_env(), **self.settings.base_env(), **self.settings.prefect_location_env()}
+
+    def _trusted_env(self) -> dict[str, str]:
+        """A trusted component's environment (the worker and its flow runs, `prefect deploy`):
+        the Prefect API's auth string, the MLflow service identity and modelyard's own secrets."""
+        return {**self.settings.child_env(), **self.settings.prefect_client_env()}
+
+    def _component_env(self) -> dict[str, str]:
+        """The bridge's and the watchdog's: a trusted component's, less the database URL."""
+        env = self._trusted_env()
+        env.pop("MODELYARD_DATABASE_URL", None)
         return env
 
-    # Per-program additions (no secrets: they are written into the program's include file).
+    def _prefect_server_env(self) -> dict[str, str]:
+        """The Prefect server's secrets (its database URL, its API auth string) and extras."""
+        auth = self.settings.prefect_auth()
+        return {**self.PREFECT_SERVER_ENV, "PREFECT_UI_API_URL": self.settings.prefect_api_url,
+                "PREFECT_API_DATABASE_CONNECTION_URL": self.settings.prefect_database_url,
+                "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
+
+    def _mlflow_server_env(self) -> dict[str, str]:
+        """MLflow's secrets (its store's URL, the webhook key, the auth app's configuration and
+        Flask key), never on its command line, and extras."""
+        from modelyard.mlflow_auth import server_env
+
+        return {**self.MLFLOW_ENV, "MLFLOW_BACKEND_STORE_URI": self.settings.mlflow_backend_uri,
+                "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": mlflow_secret_encryption_key(self.settings),
+                **server_env(self.settings)}
+
+    # Per-program extras without secrets.
     PREFECT_SERVER_ENV = {
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         # Monitor schedules are added while the stack runs (one per deployed model):
@@ -172,7 +190,7 @@ class Stack:
     def _client(self):
         from prefect.client.orchestration import SyncPrefectClient
 
-        return SyncPrefectClient(self.settings.prefect_api_url)
+        return SyncPrefectClient(self.settings.prefect_api_url, auth_string=self.settings.prefect_auth())
 
     @property
     def worker_name(self) -> str:
@@ -229,6 +247,10 @@ class Stack:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         (self.settings.state_dir / "prefect").mkdir(exist_ok=True)
         self.settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+        # The model-signing key pair exists before anything can register a version.
+        from modelyard.signing import ensure_signing_key
+
+        ensure_signing_key(self.settings)
         if self.settings.database_url is not None:
             self._ensure_postgres_databases()
         else:
@@ -238,23 +260,28 @@ class Stack:
             self._progress(f"started supervisord ({self.processes.socket})")
         started = []
         started.append(self._start_server(PREFECT_SERVER, self.settings.prefect_port, self._prefect_command(),
-                                          {**self.PREFECT_SERVER_ENV, "PREFECT_UI_API_URL": self.settings.prefect_api_url}))
-        started.append(self._start_server(MLFLOW_SERVER, self.settings.mlflow_port, self._mlflow_command(), self.MLFLOW_ENV))
+                                          self._prefect_server_env()))
+        started.append(self._start_server(MLFLOW_SERVER, self.settings.mlflow_port, self._mlflow_command(),
+                                          self._mlflow_server_env()))
         self._wait_all_healthy([(PREFECT_SERVER, started[0], self.prefect_healthy),
                                 (MLFLOW_SERVER, started[1], self.mlflow_healthy)])
+        self._check_authentication_enforced()
+        self._ensure_mlflow_identities()
 
         self._ensure_work_pool()
         worker = None
         if self.processes.alive(PREFECT_WORKER) is None:
             self._progress(f"starting {PREFECT_WORKER} for pool '{self.settings.work_pool}'")
-            worker = self.processes.ensure(self._program(PREFECT_WORKER, self._worker_command(), self.WORKER_ENV))
+            worker = self.processes.ensure(self._program(PREFECT_WORKER, self._worker_command(),
+                                                         {**self._trusted_env(), **self.WORKER_ENV}))
         # The worker boots (seconds of imports) while the bridge starts and deployments register.
         bridge = self._start_server(REGISTRY_BRIDGE, self.settings.bridge_port,
-                                    [sys.executable, "-m", "deployments.bridge"])
+                                    [sys.executable, "-m", "deployments.bridge"], self._component_env())
         watchdog = None
         if self.processes.alive(WATCHDOG) is None:
             self._progress(f"starting {WATCHDOG} (serving replicas)")
-            watchdog = self.processes.ensure(self._program(WATCHDOG, [sys.executable, "-m", "deployments.watchdog"]))
+            watchdog = self.processes.ensure(self._program(WATCHDOG, [sys.executable, "-m", "deployments.watchdog"],
+                                                           self._component_env()))
         self._wait_healthy(REGISTRY_BRIDGE, bridge, self.bridge_healthy)
         try:
             ensure_registry_webhook(self.settings)
@@ -264,14 +291,61 @@ class Stack:
         self._ensure_deployments()
         self._wait_healthy(PREFECT_WORKER, worker, self.worker_online)
         self._wait_healthy(WATCHDOG, watchdog, self.watchdog_healthy)
+        from prefect.settings import temporary_settings
+
         from modelyard.automations import ensure_notifications
 
-        notifications = ensure_notifications(self.settings)
+        with temporary_settings(self.settings.prefect_client_settings()):
+            notifications = ensure_notifications(self.settings)
         if notifications != "unchanged":
             self._progress(f"alert notifications: {notifications}"
                            + (f" → {self.settings.notify_url}" if self.settings.notify_url else " (set MODELYARD_NOTIFY_URL)"))
         self.restores = self.restore_serving()
+        self._progress(self.credentials_summary())
         return self.status()
+
+    def credentials_summary(self) -> str:
+        """Where this stack's credentials are and how to log in (printed by every `up`)."""
+        where = self.settings.credentials_dir
+        prefect = ("MODELYARD_PREFECT_AUTH_STRING (configured)" if self.settings.prefect_auth_string is not None
+                   else f"{where / 'prefect-auth'}")
+        users = ", ".join(f"{self.settings.mlflow_username(identity)} ({where / f'mlflow-{identity}'})"
+                          for identity in ("admin", "service", "viewer"))
+        return (f"credentials (0600 files in {where}): Prefect UI and API login: {prefect}; "
+                f"MLflow users and their passwords: {users}")
+
+    def _check_authentication_enforced(self) -> None:
+        """Fail closed: a server that answers an anonymous API call (one started by a modelyard
+        without authentication, still running) stops `up` with what to do."""
+        anonymous = {PREFECT_SERVER: lambda: httpx.post(f"{self.settings.prefect_api_url}/flows/filter",
+                                                        json={"limit": 1}, timeout=10),
+                     MLFLOW_SERVER: lambda: httpx.get(f"{self.settings.mlflow_url}/api/2.0/mlflow/experiments/search",
+                                                      params={"max_results": 1}, timeout=10)}
+        open_servers = []
+        for name, call in anonymous.items():
+            try:
+                status = call().status_code
+            except httpx.HTTPError as error:
+                raise StackError(f"{name} did not answer an authentication check: {error}. "
+                                 f"Its log: {self.processes.log_path(name)}") from error
+            if status != 401:
+                open_servers.append(f"{name} (HTTP {status})")
+        if open_servers:
+            raise StackError(f"{', '.join(open_servers)} answered a request without credentials: it was started "
+                             "without authentication (by an older modelyard?). Run `modelyard stack down`, then "
+                             "`modelyard stack up`.")
+
+    def _ensure_mlflow_identities(self) -> None:
+        """MLflow's users (service, viewer) and their roles as they should be; a failure names
+        MLflow's log."""
+        from modelyard.mlflow_auth import MlflowAuthError, ensure_identities
+
+        try:
+            changes = ensure_identities(self.settings)
+        except MlflowAuthError as error:
+            raise StackError(f"{error} MLflow's log: {self.processes.log_path(MLFLOW_SERVER)}") from error
+        for change in changes:
+            self._progress(change)
 
     def restore_serving(self) -> list[Restore]:
         """Every model with an active version serving again at its versions and traffic split:
@@ -303,7 +377,7 @@ class Stack:
 
     def _mlflow_command(self) -> list[str]:
         return [
-            _venv_bin("mlflow"), "server",
+            _venv_bin("mlflow"), "server", "--app-name", "basic-auth",
             "--host", self.settings.host, "--port", str(self.settings.mlflow_port),
             "--workers", "1",
             "--artifacts-destination", str(self.settings.mlflow_artifacts_dir),
@@ -399,7 +473,7 @@ class Stack:
             self._progress(f"{len(declared)} deployments already registered")
             return
         self._progress(f"registering {len(declared)} deployments from prefect.yaml")
-        env = self._base_env()
+        env = {**self.settings.inherited_env(), **self._trusted_env()}
         result = subprocess.run(
             [_venv_bin("prefect"), "--no-prompt", "deploy", "--all"],
             cwd=self.settings.project_dir, env=env, capture_output=True, text=True, timeout=300,
@@ -440,7 +514,7 @@ class Stack:
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:
-                for component in ("prefect", "mlflow"):
+                for component in ("prefect", "mlflow", "mlflow_auth"):
                     name = urlsplit(self.settings.postgres_url_for(component, "postgresql")).path.lstrip("/")
                     cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                     if cursor.fetchone() is None:

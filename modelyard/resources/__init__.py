@@ -13,6 +13,7 @@ from modelyard.ledger import AuditLedger, ledger_from_settings
 from modelyard.resources.inference import InferenceClient
 from modelyard.resources.registry import point_mlflow_at, registry_client
 from modelyard.resources.serving_state import ServingState
+from modelyard.resources.witness import ledger_witnesses
 from modelyard.settings import Settings, get_settings
 
 
@@ -30,7 +31,7 @@ def build_resources(settings: Settings) -> Resources:
     return Resources(settings=settings, registry=registry_client(settings),
                      serving=ServingState(settings.state_dir),
                      inference=InferenceClient(token, settings.state_dir / "models", settings.admin_secret()),
-                     ledger=ledger_from_settings(settings))
+                     ledger=ledger_from_settings(settings, witnesses=ledger_witnesses(settings)))
 
 
 def _identity(settings: Settings) -> tuple:

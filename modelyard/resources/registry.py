@@ -3,6 +3,7 @@ every registry call gets, and the reads every layer needs (a version's spec, ali
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -13,20 +14,24 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from modelyard.catalog import CHAMPION
-from modelyard.settings import Settings
+from modelyard.settings import MlflowIdentity, Settings
 
 SPEC_ARTIFACT = "spec/spec.json"
 
 
-def point_mlflow_at(settings: Settings) -> None:
-    """MLflow's process-wide URIs (used by its fluent API) on the stack of ``settings``."""
+def point_mlflow_at(settings: Settings, identity: MlflowIdentity = "service") -> None:
+    """MLflow's process-wide URIs (used by its fluent API) on the stack of ``settings``, and the
+    basic-auth identity every MLflow call of this process makes (MLflow reads
+    ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` from the environment at each request)."""
     mlflow.set_tracking_uri(settings.mlflow_url)
     mlflow.set_registry_uri(settings.mlflow_url)
+    os.environ.update(settings.mlflow_client_env(identity))
 
 
-def registry_client(settings: Settings) -> MlflowClient:
-    """Point MLflow at the stack's tracking server and registry (the only construction)."""
-    point_mlflow_at(settings)
+def registry_client(settings: Settings, identity: MlflowIdentity = "service") -> MlflowClient:
+    """Point MLflow at the stack's tracking server and registry, as ``identity`` (the only
+    construction)."""
+    point_mlflow_at(settings, identity)
     return MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
 
 

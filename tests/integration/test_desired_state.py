@@ -42,9 +42,9 @@ RECONCILE_DEPLOYMENT = "reconcile"
 def _pause_reconciler(stack: Stack) -> None:
     """The scheduled reconciler would repair what these tests break before they look: they run
     it themselves."""
-    from prefect.client.orchestration import SyncPrefectClient
+    from tests.support.stacks import prefect_client
 
-    with SyncPrefectClient(stack.settings.prefect_api_url) as client:
+    with prefect_client(stack.settings) as client:
         deployment = next(d for d in client.read_deployments() if d.name == RECONCILE_DEPLOYMENT)
         client.pause_deployment(deployment.id)
 
@@ -54,7 +54,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     """A stack of this module's own, with flows run in this process against it (environment,
     Prefect's API URL, MLflow's URIs: all put back afterwards)."""
     import mlflow
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
+
+    from modelyard.resources.registry import point_mlflow_at
 
     stack = Stack(make_settings(tmp_path_factory.mktemp("desired") / "state", serve_anonymous=True))
     env = {**stack.settings.child_env(), **stack.settings.prefect_client_env()}
@@ -65,9 +67,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         stack.up()
         _pause_reconciler(stack)
         os.environ.update(env)
-        with temporary_settings({PREFECT_API_URL: stack.settings.prefect_api_url}):
-            mlflow.set_tracking_uri(stack.settings.mlflow_url)
-            mlflow.set_registry_uri(stack.settings.mlflow_url)
+        with temporary_settings(stack.settings.prefect_client_settings()):
+            point_mlflow_at(stack.settings)
             yield stack
     finally:
         stack.down()

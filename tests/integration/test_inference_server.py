@@ -31,6 +31,7 @@ from modelyard.catalog import PREDICTION_ID_HEADER, REPLAY_HEADER, TRACE_HEADER,
 from modelyard.cli.stack import Stack
 from modelyard.ledger import ledger_from_settings
 from modelyard.resources.inference import InferenceClient
+from modelyard.signing import TAG_SIGNER
 from tests.support.servers import ServerProcess, start_server
 from tests.support.stacks import free_port, quiet
 from tests.support.waits import wait_until
@@ -69,6 +70,17 @@ def models(stack_env: Stack, tmp_path_factory) -> dict:
     return {"onnx": f"models:/fraud-serve/{onnx_version}", "pyfunc": f"models:/fraud-serve-hgb/{pyfunc_version}"}
 
 
+def _pipeline(uri: str):
+    """The version's scikit-learn pipeline, verified and loaded with skops as the server would
+    (the reference its answers are compared with)."""
+    from deployments.server.main import resolve_model_dir
+    from deployments.server.model_runtime import load_verified_pipeline
+    from modelyard.settings import get_settings
+
+    settings = get_settings()
+    return load_verified_pipeline(settings, resolve_model_dir(uri, settings), uri)
+
+
 @pytest.fixture(scope="module")
 def holdout() -> pd.DataFrame:
     from tasks.demo_data import generate_transactions
@@ -103,7 +115,7 @@ def _post(url: str, **kwargs) -> requests.Response:
 
 
 def test_every_mlflow_format_gives_the_registered_models_predictions(server, models, holdout):
-    reference = mlflow.sklearn.load_model(models["onnx"])
+    reference = _pipeline(models["onnx"])
     rows = _features(holdout.head(40))
     expected = reference.predict(rows).tolist()
     url = f"{server.url}/invocations"
@@ -125,7 +137,7 @@ def test_every_mlflow_format_gives_the_registered_models_predictions(server, mod
 def test_open_inference_protocol_v2_with_tritonclient(server, models, holdout):
     import tritonclient.http as triton
 
-    reference = mlflow.sklearn.load_model(models["onnx"])
+    reference = _pipeline(models["onnx"])
     name = models["onnx"].split("/")[1]
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
@@ -220,6 +232,7 @@ def test_auth_is_required_on_inference_and_admin_routes_but_not_health(server, h
     assert version["model"] == "fraud-serve" and version["serving_format"] == "onnx"
     registered = mlflow.MlflowClient().get_model_version("fraud-serve", version["version"])
     assert version["artifact_sha256"] == registered.tags["modelyard.artifact_sha256"]
+    assert version["signer"] == registered.tags[TAG_SIGNER]  # whose signature the server verified
 
 
 def test_prediction_log_keeps_every_request_under_concurrent_load(server, stack_env, holdout):
@@ -256,7 +269,7 @@ def test_pyfunc_model_served_without_auth_counts_log_drops(stack_env, models, ho
     env.pop("MODELYARD_API_TOKEN", None)
     process = start_server(models["pyfunc"], env, tmp_path / "pyfunc.log")
     try:
-        reference = mlflow.sklearn.load_model(models["pyfunc"])
+        reference = _pipeline(models["pyfunc"])
         rows = _features(holdout.head(30))
         tag = f"drops-{uuid.uuid4().hex[:8]}"
         response = requests.post(f"{process.url}/invocations", json={"dataframe_records": _records(rows)},
@@ -355,7 +368,7 @@ def gaps_model(stack_env: Stack, tmp_path_factory) -> str:
 def test_missing_values_are_served_where_training_had_gaps_and_refused_elsewhere(stack_env, gaps_model, tmp_path):
     from tasks.data import load_sklearn_dataset
 
-    reference = mlflow.sklearn.load_model(gaps_model)
+    reference = _pipeline(gaps_model)
     rows = load_sklearn_dataset("breast_cancer").drop(columns=["target"]).head(6).astype(float)
     rows.loc[[0, 2], GAP_COLUMNS[0]] = np.nan
     rows.loc[[1, 2], GAP_COLUMNS[1]] = np.nan
@@ -455,7 +468,7 @@ def test_replays_need_the_admin_token_and_stay_out_of_the_log(stack_env, server,
     client = InferenceClient(TOKEN, stack_env.settings.state_dir / "models", stack_env.settings.admin_secret())
     before = len(read_prediction_log(log_root, "fraud-serve", version))
     answers = client.replay(frame, server.url)
-    assert answers.tolist() == mlflow.sklearn.load_model(models["onnx"]).predict(frame).tolist()
+    assert answers.tolist() == _pipeline(models["onnx"]).predict(frame).tolist()
     metrics = requests.get(f"{server.url}/metrics", headers=_auth(), timeout=10).text
     assert 'route="replay",status="200"' in metrics
     time.sleep(2)  # two flush intervals: anything logged would be on disk by now

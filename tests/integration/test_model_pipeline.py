@@ -17,6 +17,7 @@ from modelyard.cli.stack import Stack
 from modelyard.integrity import artifact_digest
 from modelyard.ledger import ledger_from_settings
 from modelyard.resources.registry import registry_client, registry_snapshot
+from modelyard.signing import SIGNATURE_FILE, TAG_SIGNATURE_SHA256, TAG_SIGNER, verify_model_dir
 from tasks.validation import ValidationFailed
 from tests.support.stacks import quiet
 
@@ -42,9 +43,9 @@ def _ledger_actions(stack: Stack, subject_prefix: str) -> list[str]:
 
 
 def _prefect_artifact_keys(stack: Stack) -> set[str]:
-    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.orchestration import get_client
 
-    with SyncPrefectClient(stack.settings.prefect_api_url) as client:
+    with get_client(sync_client=True) as client:  # the stack's URL and auth string (stack_env's settings)
         return {a.key for a in client.read_artifacts() if a.key}
 
 
@@ -68,6 +69,10 @@ def test_breast_cancer_spec_trains_through_the_worker_into_a_champion(stack_env:
     # The recorded sha256 is the digest of exactly what the registry serves.
     local = mlflow.artifacts.download_artifacts(f"models:/breast-cancer/{champion.version}")
     assert artifact_digest(Path(local)) == tags["modelyard.artifact_sha256"]
+    # …signed at registration: the signature ships among the files, its signer is in the lineage.
+    assert (Path(local) / SIGNATURE_FILE).is_file()
+    signed = verify_model_dir(stack_env.settings, Path(local), "breast-cancer")
+    assert tags[TAG_SIGNER] == signed.signer and tags[TAG_SIGNATURE_SHA256] == signed.signature_sha256
     assert (Path(local) / "extra_files" / "model.onnx").exists() or any(Path(local).rglob("model.onnx"))
     run = client.get_run(champion.run_id)
     assert run.data.metrics["holdout_roc_auc"] > 0.95
@@ -79,6 +84,10 @@ def test_breast_cancer_spec_trains_through_the_worker_into_a_champion(stack_env:
     actions = _ledger_actions(stack_env, "breast-cancer")
     for action in ("data.validated", "model.registered", "model.evaluated", "model.promoted"):
         assert action in actions
+    registered = next(r for r in ledger_from_settings(stack_env.settings).records(f"breast-cancer/{champion.version}")
+                      if r["action"] == "model.registered")
+    assert registered["details"]["signer"] == signed.signer
+    assert registered["details"]["artifact_sha256"] == tags["modelyard.artifact_sha256"]
 
 
 def test_diabetes_regression_needs_only_a_spec(stack_env: Stack):

@@ -1,5 +1,6 @@
-"""Bridge downtime loses nothing: the champion alias set while the webhook bridge was down is
-deployed once the reconciler compares the registry with what serves — on a real stack."""
+"""An event lost on the way to Prefect loses nothing: the champion alias whose event Prefect never
+accepted (the bridge's emit refused, MLflow's retries spent) is deployed once the reconciler
+compares the registry with what serves — on a real stack."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import httpx
 import pytest
 import yaml
 
-from modelyard.catalog import Action
-from modelyard.cli.stack import MLFLOW_SERVER, REGISTRY_BRIDGE, Stack
+from modelyard.catalog import CHAMPION, Action
+from modelyard.cli.stack import Stack
 from modelyard.ledger import ledger_from_settings
 from modelyard.resources.serving_state import ServingState
-from modelyard.webhooks import bridge_url
+from tests.support.deliveries import MLFLOW_WEBHOOK_RETRIES, bridge_replaced, refused_emit
 from tests.support.stacks import quiet
 from tests.support.waits import wait_until
 
@@ -22,13 +23,7 @@ pytestmark = pytest.mark.stack
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
-def _log_since(path: Path, offset: int) -> str:
-    with open(path, "rb") as log:
-        log.seek(offset)
-        return log.read().decode(errors="replace")
-
-
-def test_alias_missed_while_the_bridge_was_down_is_deployed_by_the_reconciler(stack_env: Stack, tmp_path: Path):
+def test_alias_whose_event_prefect_refused_is_deployed_by_the_reconciler(stack_env: Stack, tmp_path: Path):
     from flows.pipeline import model_pipeline
     from flows.reconcile import reconcile
 
@@ -39,22 +34,24 @@ def test_alias_missed_while_the_bridge_was_down_is_deployed_by_the_reconciler(st
     spec_path.write_text(yaml.safe_dump(quiet(spec)))
 
     serving = ServingState(stack_env.settings.state_dir)
-    mlflow_log = stack_env.processes.log_path(MLFLOW_SERVER)
-    offset = mlflow_log.stat().st_size
-    assert stack_env.processes.stop(REGISTRY_BRIDGE)
-    try:
+    # The bridge's every emit refused (its Prefect API address refuses connections).
+    with bridge_replaced(stack_env, refused_emit) as bridge:
         result = model_pipeline(str(spec_path))
         assert result["champion"] == result["version"]
-        # MLflow gave up delivering the alias webhook (its retries are spent): the event is lost.
-        lost = f"Failed to send webhook to {bridge_url(stack_env.settings)} for event model_version_alias.created"
-        wait_until(lambda: lost in _log_since(mlflow_log, offset), 120, "MLflow giving up the alias delivery")
-        assert serving.active_version("recon-bc") is None  # nobody heard of the alias
-        assert not [r for r in ledger_from_settings(stack_env.settings).records()
-                    if r["action"] == Action.REGISTRY_EVENT_EMITTED and r["details"].get("name") == "recon-bc"]
-        missed = reconcile(grace_s=0)
-        assert {"model": "recon-bc", "version": result["version"], "serving": None} in missed
-    finally:
-        stack_env.up()  # the bridge comes back
+
+        def champion_attempts() -> list:
+            return bridge.of("model_version_alias.created", "recon-bc", CHAMPION)
+
+        # MLflow's delivery of the alias and each of its retries answered 503; then it gives up.
+        attempts = wait_until(lambda: len(champion_attempts()) >= 1 + MLFLOW_WEBHOOK_RETRIES and champion_attempts(),
+                              120, "MLflow's champion alias delivery and its retries")
+    assert [(a.status, a.done) for a in attempts] == [(503, False)] * (1 + MLFLOW_WEBHOOK_RETRIES)
+    assert len({a.delivery_id for a in attempts}) == 1  # one delivery, retried, never claimed
+    assert serving.active_version("recon-bc") is None  # nobody heard of the alias
+    assert not [r for r in ledger_from_settings(stack_env.settings).records()
+                if r["action"] == Action.REGISTRY_EVENT_EMITTED and r["details"].get("name") == "recon-bc"]
+    missed = reconcile(grace_s=0)
+    assert {"model": "recon-bc", "version": result["version"], "serving": None} in missed
     active = serving.wait_active("recon-bc", result["version"], 240)
     assert active is not None, ledger_from_settings(stack_env.settings).records()[-3:]
     url = active["endpoint"]

@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.processes import port_in_use
 from modelyard.cli.stack import Stack, StackError
-from tests.support.stacks import alive, make_settings, stack_pids
+from tests.support.stacks import alive, make_settings, prefect_client, stack_pids
 from tests.support.stack_checks import assert_smoke_flow_runs_and_audits, assert_stack_healthy
 
 pytestmark = pytest.mark.stack
@@ -29,13 +29,11 @@ def test_smoke_flow_runs_through_the_worker_and_writes_the_ledger(sqlite_stack: 
 
 def test_second_up_changes_nothing(sqlite_stack: Stack):
     pids_before = {r.name: r.pid for r in sqlite_stack.status() if r.pid}
-    from prefect.client.orchestration import SyncPrefectClient
-
-    with SyncPrefectClient(sqlite_stack.settings.prefect_api_url) as client:
+    with prefect_client(sqlite_stack.settings) as client:
         updated_before = {d.name: d.updated for d in client.read_deployments()}
     Stack(sqlite_stack.settings).up()
     pids_after = {r.name: r.pid for r in sqlite_stack.status() if r.pid}
-    with SyncPrefectClient(sqlite_stack.settings.prefect_api_url) as client:
+    with prefect_client(sqlite_stack.settings) as client:
         updated_after = {d.name: d.updated for d in client.read_deployments()}
     assert pids_after == pids_before
     assert updated_after == updated_before

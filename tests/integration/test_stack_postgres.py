@@ -1,10 +1,13 @@
-"""The same stack with Prefect and MLflow on a real PostgreSQL server."""
+"""The same stack with Prefect and MLflow (its auth app's users too) on a real PostgreSQL server,
+whose password shows on no command line and in no environment but the servers'."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg2
 import pytest
 from pydantic import SecretStr
@@ -29,16 +32,27 @@ def test_stack_runs_on_postgresql(tmp_path, postgres_url):
         # The servers really keep their state in PostgreSQL, not in a local SQLite file.
         assert not (settings.state_dir / "prefect" / "prefect.db").exists()
         assert not (settings.state_dir / "mlflow" / "mlflow.db").exists()
+        assert not (settings.state_dir / "mlflow" / "auth.db").exists()
         admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", "", ""))
         with psycopg2.connect(admin) as connection, connection.cursor() as cursor:
             cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{base}_%",))
-            assert {row[0] for row in cursor.fetchall()} == {f"{base}_prefect", f"{base}_mlflow"}
+            assert {row[0] for row in cursor.fetchall()} == {f"{base}_prefect", f"{base}_mlflow", f"{base}_mlflow_auth"}
         with psycopg2.connect(settings.postgres_url_for("prefect", "postgresql")) as conn, conn.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM flow_run WHERE state_type = 'COMPLETED'")
             assert cursor.fetchone()[0] >= 1
         with psycopg2.connect(settings.postgres_url_for("mlflow", "postgresql")) as conn, conn.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM experiments")
             assert cursor.fetchone()[0] >= 1
+        with psycopg2.connect(settings.postgres_url_for("mlflow_auth", "postgresql")) as conn, conn.cursor() as cursor:
+            cursor.execute("SELECT username, is_admin FROM users")
+            assert set(cursor.fetchall()) == {("admin", True), ("modelyard-service", False), ("viewer", False)}
+        password = parts.password
+        assert password and len(password) >= 4
+        command_lines = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+        assert str(settings.state_dir) in command_lines
+        assert url not in command_lines and f":{password}@" not in command_lines
+        supervisord = psutil.Process(stack.processes.pid()).environ()
+        assert not [key for key, value in supervisord.items() if password in value]
         pids = stack_pids(stack)
     finally:
         stack.down()

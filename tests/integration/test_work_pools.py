@@ -14,12 +14,12 @@ pytestmark = pytest.mark.stack
 
 
 def test_ensure_work_pools_creates_then_keeps_then_updates_the_pools(stack_env, tmp_path):
-    from prefect.client.orchestration import SyncPrefectClient
+    from tests.support.stacks import prefect_client
 
     from modelyard.work_pools import ensure_work_pools
 
     settings = stack_env.settings
-    with SyncPrefectClient(settings.prefect_api_url) as client:
+    with prefect_client(settings) as client:
         first = ensure_work_pools(client, settings)
         assert set(first) == {settings.work_pool, "docker", "gpu"}
         # `stack up` created the process pool already, with Prefect's default template: the same.

@@ -6,6 +6,9 @@ adds one fault: ``crash`` never becomes healthy, ``errors`` fails a fifth of its
 pyfunc twin, the baseline a ``slow`` version is measured against (both then serve through the
 same pyfunc runtime, so only the added delay can fail a latency gate). The server must import
 this module, which it can: it runs with the project directory as its working directory.
+
+They are saved with skops (the server never unpickles), trusting this module's class, and signed
+with the stack's own key: the test harness is trusted, like the model pipeline.
 """
 
 from __future__ import annotations
@@ -47,37 +50,41 @@ class FaultyClassifier(ClassifierMixin, BaseEstimator):
         return self.inner.predict_proba(X)
 
 
+FAULTY_TYPE = f"{__name__}.FaultyClassifier"
+
+
 def register_faulty_version(model: str, good_version: str, fault: str, spec: dict) -> str:
-    """Register ``model``'s ``good_version`` wrapped with ``fault`` as a new version, with the
-    artifact digest and the spec a deploy reads, exactly like the pipeline registers one."""
+    """Register ``model``'s ``good_version`` wrapped with ``fault`` as a new version, signed, with
+    the artifact digest and the spec a deploy reads, exactly like the pipeline registers one."""
+    import json
+
     import mlflow
+    import pandas as pd
     from mlflow.models import infer_signature
 
+    from deployments.server.main import registered_digest, resolve_model_dir
+    from deployments.server.model_runtime import load_verified_pipeline
     from modelyard.catalog import TAG_ARTIFACT_SHA256
-    from modelyard.integrity import artifact_digest
-    from modelyard.resources.registry import SPEC_ARTIFACT
+    from modelyard.resources.registry import SPEC_ARTIFACT, registry_client
+    from modelyard.settings import get_settings
+    from tasks.registry import sign_logged_model
+    from tasks.training import SKOPS_TRUSTED_TYPES
 
+    settings = get_settings()
     good_uri = f"models:/{model}/{good_version}"
-    inner = mlflow.sklearn.load_model(good_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        good_dir = Path(mlflow.artifacts.download_artifacts(good_uri, dst_path=tmp))
-        import json
-
-        import pandas as pd
-
-        example_path = next(good_dir.rglob("serving_input_example.json"))
-        split = json.loads(example_path.read_text())["dataframe_split"]
-        example = pd.DataFrame(split["data"], columns=split["columns"])
+    _, _, expected = registered_digest(good_uri, settings)
+    good_dir = resolve_model_dir(good_uri, settings, expected)
+    inner = load_verified_pipeline(settings, good_dir, f"{model} v{good_version}")
+    split = json.loads(next(good_dir.rglob("serving_input_example.json")).read_text())["dataframe_split"]
+    example = pd.DataFrame(split["data"], columns=split["columns"])
     faulty = FaultyClassifier(inner, fault)
-    with mlflow.start_run(run_name=f"faulty-{fault}") as run:
-        info = mlflow.sklearn.log_model(faulty, name="model", serialization_format="cloudpickle",
+    with mlflow.start_run(run_name=f"faulty-{fault}"), tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.sklearn.log_model(faulty, name="model", serialization_format="skops",
+                                        skops_trusted_types=[*SKOPS_TRUSTED_TYPES, FAULTY_TYPE],
                                         signature=infer_signature(example, inner.predict(example)),
                                         input_example=example)
         mlflow.log_dict(spec, SPEC_ARTIFACT)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp))
-            digest = artifact_digest(local)
-        version = mlflow.register_model(info.model_uri, model, tags={TAG_ARTIFACT_SHA256: digest,
+        digest, signed = sign_logged_model(settings, registry_client(settings), info, Path(tmp))
+        version = mlflow.register_model(info.model_uri, model, tags={TAG_ARTIFACT_SHA256: digest, **signed.tags(),
                                                                      "modelyard.fault": fault})
-    del run
     return str(version.version)

@@ -14,7 +14,8 @@ def assert_stack_healthy(stack: Stack) -> None:
     assert httpx.get(f"{settings.prefect_api_url}/health", timeout=5).json() is True
     assert httpx.get(f"{settings.mlflow_url}/health", timeout=5).status_code == 200
     # The MLflow registry answers through its REST API, not only /health.
-    search = httpx.get(f"{settings.mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=10)
+    search = httpx.get(f"{settings.mlflow_url}/api/2.0/mlflow/registered-models/search", timeout=10,
+                       auth=settings.mlflow_basic_auth("viewer"))
     assert search.status_code == 200, search.text
     assert stack.worker_online()
     assert "smoke" in stack.registered_deployments()

@@ -42,6 +42,32 @@ def make_settings(state_dir: Path, **overrides) -> Settings:
     )
 
 
+def prefect_client(settings: Settings):
+    """A Prefect client of the stack ``settings`` describes, signed in with its API auth string."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(settings.prefect_api_url, auth_string=settings.prefect_auth())
+
+
+def stack_secrets(settings: Settings) -> dict[str, str]:
+    """Every secret value of a stack, by where it comes from: each generated credential (files
+    of the credentials dir), the admin token, and the configured secrets (the database URL's
+    password included)."""
+    from urllib.parse import urlsplit
+
+    found = {f"credentials/{path.name}": path.read_text(errors="replace").strip()
+             for path in settings.credentials_dir.iterdir() if path.is_file() and not path.name.endswith(".ini")}
+    found["admin_token"] = settings.admin_secret()
+    for name in ("api_token", "webhook_secret", "ledger_key", "prefect_auth_string", "database_url"):
+        value = getattr(settings, name)
+        if value is not None:
+            found[name] = value.get_secret_value()
+    if settings.database_url is not None and urlsplit(settings.database_url.get_secret_value()).password:
+        found["database password"] = urlsplit(settings.database_url.get_secret_value()).password
+    found["prefect-auth password"] = settings.prefect_auth().split(":", 1)[-1]
+    return {where: value for where, value in found.items() if len(value) >= 8}
+
+
 def stack_pids(stack: Stack) -> set[int]:
     """Every live pid of the stack's processes and their descendants."""
     pids: set[int] = set()

@@ -34,7 +34,7 @@ def wait_until(condition: Callable[[], T], timeout_s: float, what: str, poll_s: 
 
 def prefect_events(settings: Settings, **event_filter) -> list[dict]:
     """Events Prefect has stored that match ``event_filter`` (its /events/filter body), newest first."""
-    response = httpx.post(f"{settings.prefect_api_url}/events/filter", timeout=10,
+    response = httpx.post(f"{settings.prefect_api_url}/events/filter", timeout=10, auth=settings.prefect_basic_auth(),
                           json={"filter": event_filter, "limit": 50})
     response.raise_for_status()
     return response.json()["events"]

@@ -112,6 +112,62 @@ def test_cpu_deployment_asks_for_no_gpu_and_tolerates_no_gpu_taint():
     assert "tolerations" not in pod and "nodeSelector" not in pod
 
 
+def test_pods_run_confined_as_the_images_unprivileged_user():
+    from deployments.targets.docker import SERVER_UID
+    from deployments.targets.kubernetes import RUN_AS, TRUSTED_KEYS_DIR
+
+    pod = render_manifests(load_spec(SPECS / "fraud.yaml"), "4", "img:4")[0]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    dockerfile = (Path(__file__).resolve().parents[2] / "infra/docker/Dockerfile.model").read_text()
+    assert RUN_AS == SERVER_UID and f"ARG SERVER_UID={RUN_AS}" in dockerfile and "\nUSER ${SERVER_UID}" in dockerfile
+    for context in (pod["securityContext"], container["securityContext"]):
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == RUN_AS
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    hardened = container["securityContext"]
+    assert hardened["readOnlyRootFilesystem"] is True and hardened["allowPrivilegeEscalation"] is False
+    assert hardened["capabilities"] == {"drop": ["ALL"]} and hardened["privileged"] is False
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[TRUSTED_KEYS_DIR]["readOnly"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MODELYARD_TRUSTED_MODEL_KEYS_DIR"]["value"] == TRUSTED_KEYS_DIR
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_servers_secret_holds_their_tokens_and_no_other_secret(tmp_path, version):
+    from deployments.targets.kubernetes import API_TOKEN_SECRET, render_token_secret, render_trusted_keys
+
+    settings = Settings(state_dir=tmp_path, api_token="inference-t0ken", admin_token="adm1n-t0ken",
+                        webhook_secret="webhook-s3cret", ledger_key="ledger-k3y",
+                        database_url="postgresql://u:db-pa55@db:5432/m")
+    secret = render_token_secret("ml-serving", settings.replica_env())
+    assert secret["stringData"] == {"token": "inference-t0ken", "admin-token": "adm1n-t0ken"}
+    assert not any(leak in str(secret) for leak in ("webhook-s3cret", "ledger-k3y", "db-pa55"))
+    container = render_manifests(load_spec(SPECS / "fraud.yaml"), "4", "img:4")[0]["spec"]["template"]["spec"][
+        "containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs == {"MODELYARD_API_TOKEN": {"name": API_TOKEN_SECRET, "key": "token", "optional": True},
+                    "MODELYARD_ADMIN_TOKEN": {"name": API_TOKEN_SECRET, "key": "admin-token", "optional": True}}
+    keys = render_trusted_keys("ml-serving", {"abc.pub": "-----BEGIN PUBLIC KEY-----\n…"})
+    for obj, model in ((secret, k8s.V1Secret), (keys, k8s.V1ConfigMap)):
+        validate_strict(obj, version)
+        model.from_dict(obj)
+    with pytest.raises(ValueError, match="no trusted model key"):
+        render_trusted_keys("ml-serving", {})
+
+
+@pytest.mark.parametrize("name", ["../x", "a;}", "a\nb", 'a"b', "", "a" * 65, "a/b", "-a", "a..b"])
+def test_an_invalid_model_name_names_no_kubernetes_object(name):
+    from modelyard.names import InvalidName
+
+    for make in (dns_label, service_name, lambda n: deployment_name(n, "1"), lambda n: model_labels(n, "1")):
+        with pytest.raises(InvalidName):
+            make(name)
+    for version in ("0", "1a", "../1", ""):
+        with pytest.raises(InvalidName):
+            deployment_name("fraud", version)
+
+
 def test_deployment_is_probed_hardened_and_surges_without_dropping_pods():
     deployment = render_manifests(load_spec(SPECS / "fraud.yaml"), "4", "img:4")[0]
     spec = deployment["spec"]
@@ -159,7 +215,8 @@ def test_model_image_is_the_docker_targets_tag_unless_the_spec_names_a_registry(
     assert default_image(pushed, "3") == "registry.example/ml/fraud-detector:v3"
 
 
-AWKWARD_NAMES = ["Fraud_Detector.v2", "3d-model", "x.", "a" * 120, "UPPER", "model--name", "a_b", "a.b", "fraud"]
+# Valid model names (modelyard.names) that are no DNS label as they are.
+AWKWARD_NAMES = ["Fraud_Detector.v2", "3d-model", "x-", "a" * 64, "UPPER", "model--name", "a_b", "a.b", "fraud"]
 
 
 @pytest.mark.parametrize("name", AWKWARD_NAMES)
@@ -177,7 +234,7 @@ def test_awkward_model_names_become_valid_dns_labels(name):
 
 
 def test_sanitised_names_of_different_models_do_not_collide():
-    names = ["Fraud", "fraud", "a_b", "a.b", "a-b", "a" * 120, "a" * 121]
+    names = ["Fraud", "fraud", "a_b", "a.b", "a-b", "a" * 63, "a" * 64]
     assert len({dns_label(n) for n in names}) == len(names)
     assert dns_label("fraud-detector") == "fraud-detector"  # a valid name is kept as it is
 

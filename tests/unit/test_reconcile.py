@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from deployments.reconcile import Missed, alias_event, missed_deploys, recently_in_flight
+from deployments.reconcile import Missed, alias_event, missed_deploys, recently_in_flight, refused_names
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -66,3 +66,19 @@ def test_reconciled_events_count_as_on_their_way_too():
 def test_with_no_grace_nothing_older_than_now_is_on_its_way():
     records = [_record("deploy.started", "m/5", 1), _record("deploy.started", "m/6", 0)]
     assert recently_in_flight(records, NOW, grace_s=0) == {"m": {"6"}}
+
+
+def test_champion_whose_event_prefect_never_accepted_is_missed_at_the_next_run():
+    """A failed emit leaves no ``registry.event.emitted`` record: nothing says the version is on
+    its way, so the next reconcile run (grace or not) emits it."""
+    records = [_record("model.promoted", "m/3", 5), _record("registry.webhook.rejections", "registry-bridge", 4)]
+    in_flight = recently_in_flight(records, NOW, grace_s=600)
+    assert in_flight == {}
+    assert missed_deploys({"m": "3"}, {"m": "2"}, {"m": {"2"} | in_flight.get("m", set())}, busy=set()) == \
+        [Missed("m", "3", "2")]
+
+
+def test_a_refused_champion_name_is_recorded_once_not_at_every_run():
+    records = [{"action": "name.refused", "subject": "reconcile", "details": {"value": "'a b'"}},
+               {"action": "name.refused", "subject": "deploy", "details": {"value": "'c d'"}}]
+    assert refused_names(records, "reconcile") == {"'a b'"}

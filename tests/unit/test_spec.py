@@ -1,5 +1,5 @@
-"""The model spec refuses what would fail open later: a primary metric or policy metric the task
-never computes, an empty promotion policy, a monitoring window shorter than its interval — each
+"""The model spec refuses what would fail open later: a name outside modelyard's one pattern, a
+primary metric or policy metric the task never computes, an empty promotion policy, a monitoring window shorter than its interval — each
 naming its field — and a deploy refuses a version whose stored spec no longer validates."""
 
 from __future__ import annotations
@@ -57,6 +57,18 @@ def test_a_policy_metric_the_task_does_not_compute_is_refused():
 def test_a_metric_the_task_computes_is_accepted():
     assert parse_spec(_raw("regression", "r2")).metrics.primary == "r2"
     assert parse_spec(_raw("multiclass_classification", "f1")).policy.min_metrics == {"f1": 0.5}
+
+
+# --- the model's name ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../x", "a;}", "a\nb", 'a"b', "", "a" * 65, "a..b", ".a", 7])
+def test_a_name_outside_the_one_pattern_is_refused_naming_the_field(name):
+    with pytest.raises(SpecError, match=r"spec is invalid: name: .* is not a valid model name"):
+        parse_spec(_raw() | {"name": name})
+
+
+def test_a_name_in_the_pattern_is_kept_as_written():
+    assert parse_spec(_raw() | {"name": "Fraud_Detector.v2"}).name == "Fraud_Detector.v2"
 
 
 # --- the promotion policy ------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 
 from deployments.targets.base import Endpoint, Replica
 from deployments.traffic.nginx import SLOTS, live_replicas, render_model_conf, slot_layout, spread_replicas
-from deployments.watchdog import FAILURES_TO_DOWN, container_models, Outcome, Watch, assess, down_record, restored_record
+from deployments.watchdog import FAILURES_TO_DOWN, Outcome, Watch, assess, down_record, restored_record
 from modelyard.catalog import TRACE_HEADER
 from modelyard.group_reaper import orphan_group
 from modelyard.processes import Program, render_program, render_supervisord_conf
@@ -152,8 +152,3 @@ def test_kubernetes_runs_the_spec_replicas_with_a_disruption_budget():
     assert objects["Deployment"]["spec"]["replicas"] == spec.serving.replicas == 2
     assert objects["PodDisruptionBudget"]["spec"]["minAvailable"] == 1  # one pod is always left to serve
 
-
-def test_the_watchdog_prunes_the_prediction_logs_of_container_served_models_only():
-    watches = [Watch("a", "1", "docker", 0, "/s/a0", "c0"), Watch("a", "1", "docker", 1, "/s/a1", "c1"),
-               Watch("b", "2", "local", 0, "/s/b0", "serve-b")]
-    assert container_models(watches) == {"a"}

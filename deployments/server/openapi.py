@@ -155,11 +155,11 @@ def openapi_document(columns: list[ColumnSpec], model: str, version: str, output
     def ready(parameters: list) -> dict[str, Any]:
         schema = _obj({"name": {"const": model}, "ready": {"type": "boolean"}})
         return {"summary": "Whether the model is ready", "parameters": parameters, "security": [],
-                "responses": _responses(schema, 404, 503)}
+                "responses": _responses(schema, 400, 404, 503)}
 
     def metadata(parameters: list) -> dict[str, Any]:
         return protected({"summary": "Model metadata (v2)", "parameters": parameters,
-                          "responses": _responses(model_metadata, 404)})
+                          "responses": _responses(model_metadata, 400, 404)})
 
     health = _obj({"status": {"enum": ["ok", "loading"]}})
     paths: dict[str, Any] = {
@@ -184,7 +184,8 @@ def openapi_document(columns: list[ColumnSpec], model: str, version: str, output
             "extensions": {"type": "array", "items": {"type": "string"}}}))})},
         "/version": {"get": protected({"summary": "The version this server serves", "responses": _responses(_obj({
             "model": {"const": model}, "version": {"const": version}, "run_id": {"type": "string"},
-            "artifact_sha256": {"type": "string"}, "serving_format": {"enum": ["onnx", "pyfunc"]}}))})},
+            "artifact_sha256": {"type": "string"}, "serving_format": {"enum": ["onnx", "pyfunc"]},
+            "signer": {"type": ["string", "null"], "description": "sha256 of the verifying public key's DER"}}))})},
         "/metrics": {"get": protected({"summary": "Prometheus metrics",
                                        "responses": _responses({"type": "string"}, media="text/plain")})},
         "/v2/models/{model_name}": {"get": metadata(model_parameters)},

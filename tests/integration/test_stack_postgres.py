@@ -55,7 +55,7 @@ def test_stack_runs_on_postgresql(tmp_path, postgres_url):
         # The test server's password ("modelyard") is also a word of other settings (the base
         # image name): look for the credential as it is used, in a URL or as a whole value.
         assert not [key for key, value in supervisord.items()
-                    if f":{password}@" in value or value == password or "postgresql" in value]
+                    if f":{password}@" in value or value == password or parts.netloc in value]
         pids = stack_pids(stack)
     finally:
         stack.down()

@@ -56,6 +56,25 @@ class Action(StrEnum):
     SERVING_RESTORED = "serving.restored"  # a model's desired state (versions, split) serving again, with the proof
     SERVING_REPAIRED = "serving.repaired"  # replicas started or a leftover version removed while the model served
     SERVING_RESTORE_FAILED = "serving.restore_failed"  # the desired state could not be brought back; the reason
+    # -- governance (environments, approvals, policy) --------------------------------------------
+    # Subjects: "<registered model of the target env>/<its version>" once copied, else "<source model>/<version>".
+    PROMOTION_REQUESTED = "promotion.requested"  # details: source_model, source_version, environment, requested_by, automatic
+    POLICY_DECIDED = "policy.decided"  # details: environment, PolicyDecision.as_record() (allowed, denials, input, digests)
+    APPROVAL_REQUESTED = "approval.requested"  # details: environment, flow_run_id, url, deadline, required, evidence digest
+    APPROVAL_GIVEN = "approval.given"  # details: environment, identity, decision=approve, comment, flow_run_id
+    APPROVAL_REJECTED = "approval.rejected"  # a person said no: identity, comment
+    APPROVAL_REFUSED = "approval.refused"  # an input that did not count: unknown identity, bad code, four-eyes
+    APPROVAL_TIMED_OUT = "approval.timed_out"  # no decision within approval_timeout_s: the promotion is rejected
+    APPROVAL_SUPERSEDED = "approval.superseded"  # a newer version's promotion replaced a pending one
+    PROMOTION_COPIED = "promotion.copied"  # the version copied into the env's registered model: target model/version
+    PROMOTION_REFUSED = "promotion.refused"  # policy denied, rejected, timed out, or the copy failed: the reason
+    # -- incidents (open → acknowledged → resolved) -----------------------------------------------
+    INCIDENT_OPENED = "incident.opened"  # details: incident id, kind, first_signal_at, alert action, version
+    INCIDENT_ACKNOWLEDGED = "incident.acknowledged"  # details: incident id, identity, note
+    INCIDENT_RESOLVED = "incident.resolved"  # details: incident id, by (recovery | person), how, identity, note
+    # -- audit and KPIs ---------------------------------------------------------------------------
+    AUDIT_VERIFIED = "audit.verified"  # a scheduled `audit verify`: ok, records, problem
+    COMPLIANCE_REPORTED = "compliance.reported"  # a compliance report written: its sha256 and where it was attached
 
 
 class Event(StrEnum):
@@ -70,6 +89,9 @@ class Event(StrEnum):
     DATA_INVALID = "modelyard.data.invalid"
     SERVING_REPLICA_DOWN = "modelyard.serving.replica_down"
     SERVING_REPLICA_RESTORED = "modelyard.serving.replica_restored"
+    DEPLOY_SUCCEEDED = "modelyard.deploy.succeeded"  # a version proven serving: the next environment's promotion listens
+    INCIDENT_OPENED = "modelyard.incident.opened"
+    INCIDENT_RESOLVED = "modelyard.incident.resolved"
 
 
 REGISTRY_EVENT_PREFIX = "modelyard.registry"

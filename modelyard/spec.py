@@ -5,6 +5,7 @@ The pipeline code never names a dataset, a column or a threshold; it reads them 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelyard.names import InvalidName, check_model_name
 
+class SpecError(ValueError):
+    """The spec file is missing, not YAML, or does not match the schema; says which field."""
+
+
+TEAM_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 TaskKind = Literal["binary_classification", "multiclass_classification", "regression"]
 
 # The metrics the evaluation computes for each task (tasks/evaluation.py; a unit test holds the two
@@ -199,6 +205,38 @@ class RetrainSpec(_Strict):
     min_labelled_rows: int = Field(200, ge=0, description="Labelled traffic rows needed to use it.")
 
 
+EnvironmentName = Literal["dev", "staging", "production"]
+# The order versions travel in: each environment receives versions from the one before it.
+PROMOTION_ORDER: tuple[str, ...] = ("dev", "staging", "production")
+
+
+class EnvironmentSpec(_Strict):
+    """One environment a model's versions are promoted through: how a version gets in, and how it
+    is served and watched there. Unset serving fields fall back to the spec's ``serving`` and
+    ``monitoring`` sections."""
+
+    promotion: Literal["automatic", "approval", "manual"] = Field("automatic", description=(
+        "How a version arrives from the environment before it once it serves there: automatic (as far as the "
+        "policy allows), approval (suspended until enough people other than its author approve in the Prefect UI "
+        "or with `modelyard approve`), manual (only `modelyard promote`). dev is where the pipeline registers."))
+    approvals: int = Field(1, ge=1, le=5, description="Distinct approvers needed when promotion is 'approval'.")
+    approvers: list[str] = Field(default_factory=list, description=(
+        "Identities allowed to approve here (enrolled with `modelyard approvers add`); empty: any enrolled approver."))
+    approval_timeout_s: int = Field(86_400, ge=10, description="An approval not given within this rejects the promotion.")
+    strategy: Literal["blue_green", "canary", "shadow"] | None = None
+    target: Literal["local", "docker", "kubernetes"] | None = None
+    replicas: int | None = Field(None, ge=1)
+    gates: GateSpec | None = Field(None, description="Rollout gates here (default: serving.rollout.gates).")
+    monitor_interval_s: int | None = Field(None, ge=10, description="Monitor schedule here (default: monitoring.interval_s).")
+    policy: str | None = Field(None, description=(
+        "A Rego policy (package modelyard.spec), relative to the spec, applied to promotions into this "
+        "environment on top of the organisation's."))
+
+
+def _default_environments() -> dict[str, EnvironmentSpec]:
+    return {"dev": EnvironmentSpec()}
+
+
 class ModelCardSpec(_Strict):
     intended_use: str = ""
     limitations: list[str] = Field(default_factory=list)
@@ -207,6 +245,7 @@ class ModelCardSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str
+    team: str = Field(description="The team that owns the model: permissions, KPIs and reports are cut by it.")
     task: TaskKind
     data: DataSpec
     estimator: EstimatorSpec = Field(default_factory=EstimatorSpec)
@@ -217,6 +256,9 @@ class ModelSpec(_Strict):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     card: ModelCardSpec = Field(default_factory=ModelCardSpec)
+    environments: dict[EnvironmentName, EnvironmentSpec] = Field(default_factory=_default_environments, description=(
+        "dev → staging → production: each with its own registered model (modelyard.environments), endpoint, "
+        "monitor schedule, strategy and policy. Absent: dev only, as before."))
     base_dir: Path = Field(Path("."), exclude=True, description="Directory relative paths start from.")
 
     @property
@@ -232,6 +274,50 @@ class ModelSpec(_Strict):
             return check_model_name(name, "name")
         except InvalidName as error:  # pydantic names the field itself
             raise ValueError(str(error).removeprefix("name: ")) from None
+
+    @field_validator("team", mode="before")
+    @classmethod
+    def _team_is_a_name(cls, team: object) -> str:
+        """A team name reaches MLflow tags, Prometheus labels and report file names."""
+        if not isinstance(team, str) or not TEAM_PATTERN.fullmatch(team):
+            raise ValueError(f"{team!r} is not a team name (lower-case letters, digits and '-', at most 40)")
+        return team
+
+    @model_validator(mode="after")
+    def _environments_in_order(self) -> ModelSpec:
+        from modelyard.environments import ENVIRONMENT_SUFFIXES, environment_model
+
+        if "dev" not in self.environments:
+            raise ValueError("environments: 'dev' is missing (the pipeline registers versions there)")
+        if self.name.endswith(ENVIRONMENT_SUFFIXES):
+            raise ValueError(f"name: {self.name!r} ends like an environment's registered model "
+                             f"({', '.join(ENVIRONMENT_SUFFIXES)}); choose another name")
+        for env in self.environments:
+            environment_model(self.name, env)  # within the name length for every environment
+        return self
+
+    def environment(self, env: str) -> EnvironmentSpec:
+        """The spec of ``env``; SpecError naming the environment when the spec does not have it."""
+        if env not in self.environments:
+            raise SpecError(f"{self.name}: environment {env!r} is not in its spec "
+                            f"(environments: {', '.join(self.environments)})")
+        return self.environments[env]
+
+    def next_environment(self, env: str) -> str | None:
+        """The environment that receives versions from ``env``, None after the last one."""
+        order = [e for e in PROMOTION_ORDER if e in self.environments]
+        return order[order.index(env) + 1] if env in order and order.index(env) + 1 < len(order) else None
+
+    def serving_for(self, env: str) -> ServingSpec:
+        """How versions are served in ``env``: the spec's serving section with the environment's overrides."""
+        chosen = self.environment(env)
+        rollout = self.serving.rollout if chosen.gates is None else \
+            self.serving.rollout.model_copy(update={"gates": chosen.gates})
+        overrides = {"strategy": chosen.strategy, "target": chosen.target, "replicas": chosen.replicas}
+        return self.serving.model_copy(update={"rollout": rollout, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def monitor_interval_for(self, env: str) -> int:
+        return self.environment(env).monitor_interval_s or self.monitoring.interval_s
 
     @model_validator(mode="after")
     def _metrics_the_task_computes(self) -> ModelSpec:
@@ -251,10 +337,6 @@ class ModelSpec(_Strict):
             raise ValueError("policy is empty: set policy.min_metrics, policy.max_regression or "
                              "policy.max_p95_latency_ms, or policy.allow_any: true to promote any version")
         return self
-
-
-class SpecError(ValueError):
-    """The spec file is missing, not YAML, or does not match the schema; says which field."""
 
 
 def load_spec(path: str | Path) -> ModelSpec:

@@ -11,7 +11,7 @@ from tasks.demo_data import generate_transactions
 
 
 def _spec(source: str, **data) -> object:
-    return parse_spec({"name": "t", "task": "binary_classification", "metrics": {"primary": "roc_auc"},
+    return parse_spec({"name": "t", "team": "t", "task": "binary_classification", "metrics": {"primary": "roc_auc"},
                        "policy": {"allow_any": True}, "data": {"source": source, "target": "is_fraud", **data}})
 
 

@@ -19,7 +19,7 @@ from tasks.monitoring import (
 
 
 def _spec(task: str = "binary_classification", primary: str = "accuracy", **monitoring):
-    return parse_spec({"name": "fraud", "task": task, "data": {"source": "x.csv", "target": "is_fraud"},
+    return parse_spec({"name": "fraud", "team": "t", "task": task, "data": {"source": "x.csv", "target": "is_fraud"},
                        "metrics": {"primary": primary}, "policy": {"allow_any": True},
                        "monitoring": {"min_labelled_rows": 4, "max_performance_drop": 0.05, **monitoring}})
 

@@ -39,7 +39,7 @@ def settings(tmp_path) -> Settings:
 
 
 def _spec(name: str) -> dict:
-    return {"name": name, "task": "regression", "data": {"source": "x.csv", "target": "y"},
+    return {"name": name, "team": "t", "task": "regression", "data": {"source": "x.csv", "target": "y"},
             "metrics": {"primary": "r2"}, "policy": {"allow_any": True}}
 
 

@@ -84,7 +84,7 @@ def test_racing_claims_grant_exactly_one(settings: Settings):
 
 # --- the training frame -----------------------------------------------------------------
 
-SPEC = parse_spec({"name": "fraud", "task": "binary_classification", "metrics": {"primary": "roc_auc"},
+SPEC = parse_spec({"name": "fraud", "team": "t", "task": "binary_classification", "metrics": {"primary": "roc_auc"},
                    "policy": {"allow_any": True},
                    "data": {"source": "x.csv", "target": "is_fraud", "exclude": ["transaction_id", "timestamp"],
                             "split": {"method": "time", "time_column": "timestamp"}}})

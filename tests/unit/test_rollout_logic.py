@@ -40,7 +40,7 @@ def test_model_conf_routes_through_slots_and_mirrors_to_the_shadow_slot(tmp_path
 
 def test_rollout_steps_must_rise_to_100():
     assert RolloutSpec(steps=[5, 50, 100]).steps[-1] == 100
-    base = {"name": "m", "task": "regression", "data": {"source": "x.csv", "target": "y"}, "metrics": {"primary": "rmse"}}
+    base = {"name": "m", "team": "t", "task": "regression", "data": {"source": "x.csv", "target": "y"}, "metrics": {"primary": "rmse"}}
     with pytest.raises(SpecError, match="serving.rollout"):
         parse_spec({**base, "serving": {"rollout": {"steps": [50, 10]}}})
 

@@ -17,7 +17,7 @@ SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
 def _raw(task: str = "binary_classification", primary: str = "roc_auc", **sections) -> dict:
-    return {"name": "m", "task": task, "data": {"source": "x.csv", "target": "y"}, "metrics": {"primary": primary},
+    return {"name": "m", "team": "t", "task": task, "data": {"source": "x.csv", "target": "y"}, "metrics": {"primary": primary},
             "policy": {"min_metrics": {primary: 0.5}}} | sections
 
 

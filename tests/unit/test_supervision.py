@@ -19,7 +19,7 @@ from modelyard.processes import Program, render_program, render_supervisord_conf
 from modelyard.resources.inference import MetricsSnapshot, merge_snapshots
 from modelyard.spec import SpecError, parse_spec
 
-BASE = {"name": "m", "task": "regression", "data": {"source": "x.csv", "target": "y"}, "metrics": {"primary": "rmse"},
+BASE = {"name": "m", "team": "t", "task": "regression", "data": {"source": "x.csv", "target": "y"}, "metrics": {"primary": "rmse"},
         "policy": {"allow_any": True}}
 
 

@@ -43,7 +43,7 @@ def _reference() -> pd.DataFrame:
 def _spec(**validation) -> ModelSpec:
     return parse_spec(
         {
-            "name": "demo",
+            "name": "demo", "team": "t",
             "task": "binary_classification",
             "data": {"source": "demo.csv", "target": "label"},
             "metrics": {"primary": "roc_auc"},
@@ -263,7 +263,7 @@ def test_live_window_without_target_passes_with_include_target_false(reference):
 def test_explicit_columns_and_features(reference):
     spec = parse_spec(
         {
-            "name": "demo", "task": "regression",
+            "name": "demo", "team": "t", "task": "regression",
             "data": {"source": "demo.csv", "target": "amount", "features": ["count", "color"],
                      "categorical": []},
             "metrics": {"primary": "rmse"},
@@ -345,7 +345,7 @@ def test_time_100k_rows_by_10_columns():
         }
     )
     spec = parse_spec(
-        {"name": "big", "task": "binary_classification",
+        {"name": "big", "team": "t", "task": "binary_classification",
          "data": {"source": "big.parquet", "target": "label"}, "metrics": {"primary": "roc_auc"},
          "policy": {"allow_any": True}}
     )

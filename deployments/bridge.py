@@ -48,6 +48,8 @@ DELIVERY_HEADER = "x-mlflow-delivery-id"
 TIMESTAMP_HEADER = "x-mlflow-timestamp"
 MAX_AGE_S = 300
 BRIDGE = "registry-bridge"  # the bridge as the ledger names it (actor and subject)
+METRICS_PATH = "/metrics"  # the KPIs in the Prometheus text format, for a scraper with the kpi token
+KPI_TOKEN = "kpi-token"  # its credential (credentials dir, 0600): `Authorization: Bearer <token>`
 
 EMIT_TIMEOUT_S = 10.0  # well inside MLflow's 30 s request timeout, so a slow Prefect answers 503, not a hang
 IN_FLIGHT_TIMEOUT_S = 60.0  # an emit marked in progress longer than this is taken as abandoned
@@ -312,12 +314,15 @@ class Rejections:
 
 
 class BridgeApp:
-    """ASGI app: POST /webhooks/mlflow → verified → Prefect event; GET /health (with counters)."""
+    """ASGI app: POST /webhooks/mlflow → verified → Prefect event; GET /health (with counters);
+    GET /metrics (the KPIs, with the kpi token)."""
 
     def __init__(self, verifier: WebhookVerifier, emit: Callable[[dict[str, Any]], None],
                  audit: Callable[[Action, str, dict], None], max_body: int = 1 << 20,
-                 rejections: Rejections | None = None) -> None:
+                 rejections: Rejections | None = None, metrics: Callable[[], bytes] | None = None,
+                 metrics_token: str | None = None) -> None:
         self.verifier, self.emit, self.audit, self.max_body = verifier, emit, audit, max_body
+        self.metrics, self.metrics_token = metrics, metrics_token
         self.rejections = rejections or Rejections(lambda summary: audit(Action.WEBHOOK_REJECTED, BRIDGE, summary))
         self.counts: Counter = Counter()
         self._counts_lock = threading.Lock()
@@ -398,6 +403,9 @@ class BridgeApp:
         if scope["method"] == "GET" and scope["path"] == "/health":
             await _respond(send, Answer(200, self.health()))
             return
+        if scope["method"] == "GET" and scope["path"] == METRICS_PATH and self.metrics is not None:
+            await self._serve_metrics(scope, send)
+            return
         if (scope["method"], scope["path"]) != ("POST", WEBHOOK_PATH):
             await _respond(send, self.refused(WebhookRejected(404, "no such route", "no_route"), ""))
             return
@@ -417,6 +425,30 @@ class BridgeApp:
         if isinstance(checked, Delivery):  # the emit blocks on Prefect: off the loop, so refusals stay cheap
             checked = await asyncio.to_thread(self.forward, checked)
         await _respond(send, checked)
+
+    def metrics_allowed(self, headers: Mapping[str, str]) -> bool:
+        """Whether a scrape carries the kpi token (``Authorization: Bearer``), compared in constant time."""
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return (self.metrics_token is not None and scheme.lower() == "bearer"
+                and hmac.compare_digest(token.strip().encode(), self.metrics_token.encode()))
+
+    async def _serve_metrics(self, scope, send) -> None:
+        """The KPIs for a scraper with the token; without it, 401 counted like any refused post."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not self.metrics_allowed(headers):
+            answer = self.refused(WebhookRejected(401, "the kpi token is required (Authorization: Bearer)",
+                                                  "metrics_unauthorized"), "")
+            await _respond(send, answer, [(b"www-authenticate", b'Bearer realm="modelyard-kpis"')])
+            return
+        try:
+            body = await asyncio.to_thread(self.metrics)
+        except Exception as error:  # noqa: BLE001 - the scrape fails visibly; the bridge goes on
+            log.error("KPI exposition failed: %s", error)
+            await _respond(send, Answer(503, {"error": f"KPIs could not be computed ({type(error).__name__})"}))
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive, send) -> None:
         flusher = None
@@ -440,8 +472,8 @@ class BridgeApp:
             await asyncio.to_thread(self.rejections.flush)
 
 
-async def _respond(send, answer: Answer) -> None:
-    headers = [(b"content-type", b"application/json")]
+async def _respond(send, answer: Answer, extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), *(extra_headers or [])]
     if answer.retry_after is not None:
         headers.append((b"retry-after", str(answer.retry_after).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
@@ -479,10 +511,19 @@ def make_bridge(settings: Settings, emit: Callable[[dict[str, Any]], None] = emi
     from modelyard.ledger import ledger_from_settings
     from modelyard.webhooks import webhook_secret
 
+    from modelyard.kpi_exposition import CachedExposition
+    from modelyard.kpi_snapshot import KpiReader
+
     ledger = ledger_from_settings(settings)
     verifier = WebhookVerifier(webhook_secret(settings), SeenDeliveries(settings.run_dir / "bridge-deliveries.sqlite"))
     return BridgeApp(verifier, emit,
-                     lambda action, subject, details: ledger.append(BRIDGE, str(action), subject, details))
+                     lambda action, subject, details: ledger.append(BRIDGE, str(action), subject, details),
+                     metrics=CachedExposition(KpiReader(settings).snapshot), metrics_token=kpi_token(settings))
+
+
+def kpi_token(settings: Settings) -> str:
+    """The token a scraper presents to ``GET /metrics``: generated once into the credentials dir."""
+    return settings.credential(KPI_TOKEN)
 
 
 def serve_bridge(settings: Settings) -> None:

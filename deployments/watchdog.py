@@ -26,6 +26,7 @@ from deployments.traffic.nginx import NginxRouter
 from modelyard.catalog import Action, Event, model_resource_id
 from modelyard.processes import ProcessInfo, stack_supervisor
 from modelyard.settings import Settings
+from modelyard.utilisation import SAMPLE_EVERY_S, Sampler, append_sample, samples_path
 
 PERIOD_S = 0.5
 PROBE_TIMEOUT_S = 0.5
@@ -131,6 +132,9 @@ class Watchdog:
         self.restarts = ThreadPoolExecutor(max_workers=2, thread_name_prefix="restarts")
         self.stopping = False
         self.next_prune = time.monotonic() + PRUNE_EVERY_S  # a version's start prunes too
+        self.sampler = Sampler(settings)  # CPU/memory of every replica, for the utilisation KPI
+        self.sampling = ThreadPoolExecutor(max_workers=1, thread_name_prefix="utilisation")
+        self.next_sample = 0.0
 
     # -- what to watch --------------------------------------------------------------------
 
@@ -220,6 +224,7 @@ class Watchdog:
             self.resources.ledger.append(ACTOR, str(action), subject, details)
         except Exception as error:  # noqa: BLE001
             print(f"ledger: {action} {subject} not recorded: {error}", flush=True)
+        self._incident(action, watch, details)  # opened (or resolved) at once, before any event goes out
         try:
             from prefect.events import emit_event
 
@@ -230,6 +235,35 @@ class Watchdog:
                        payload={"version": watch.version, **details})
         except Exception as error:  # noqa: BLE001 - Prefect may be down; the ledger has it
             print(f"event: {event} {subject} not emitted: {error}", flush=True)
+
+    def _incident(self, action: Action, watch: Watch, details: dict) -> None:
+        """A replica down opens a ``replica`` incident (its first bad signal: the last probe it
+        answered); its return resolves that replica's incident by recovery, "replica restored"."""
+        from modelyard.incidents import emit_incident_event, open_incident, resolve_by_recovery
+
+        def record(kind: Action, subject: str, facts: dict) -> dict:
+            return self.resources.ledger.append(ACTOR, str(kind), subject, facts)
+
+        def emit(event: Event, incident) -> None:
+            try:
+                emit_incident_event(event, incident)
+            except Exception as error:  # noqa: BLE001 - Prefect may be down; the ledger has it
+                print(f"event: {event} {incident.id} not emitted: {error}", flush=True)
+
+        replica = f"v{watch.version} r{watch.index}"
+        try:
+            records = self.resources.ledger.records()
+            if action == Action.SERVING_REPLICA_DOWN:
+                open_incident(record, records, model=watch.model, version=watch.version, kind="replica",
+                              alert_action=action,
+                              first_signal_at=details.get("last_ready_at") or details.get("detected_at"),
+                              summary=f"replica {watch.index} of v{watch.version} down: {watch.reason}",
+                              details=details, replica=replica, emit=emit)
+            elif action == Action.SERVING_REPLICA_RESTORED:
+                resolve_by_recovery(record, records, model=watch.model, how="replica restored", kinds=("replica",),
+                                    replica=replica, recovered_at=details.get("restored_at"), emit=emit)
+        except Exception as error:  # noqa: BLE001 - the watch goes on; the loss itself is in the ledger
+            print(f"incident: {action} {watch.model} {replica} not recorded: {error}", flush=True)
 
     def _act(self, watch: Watch, outcome: Outcome, transition: str | None, info: ProcessInfo | None,
              now: float) -> None:
@@ -268,6 +302,9 @@ class Watchdog:
         if time.monotonic() >= self.next_prune:
             self.next_prune = time.monotonic() + PRUNE_EVERY_S
             self.restarts.submit(self._prune_logs, {watch.model for watch in self.watches.values()})
+        if time.monotonic() >= self.next_sample:
+            self.next_sample = time.monotonic() + SAMPLE_EVERY_S
+            self.sampling.submit(self._sample_utilisation)
         # supervisord's view of local replicas; None when it does not answer (then probes alone judge).
         infos = self.supervisor.processes() or None if any(w.target == "local" for w in self.watches.values()) else None
         watches = list(self.watches.values())
@@ -279,6 +316,13 @@ class Watchdog:
                 self._act(watch, outcome, transition, infos.get(watch.handle) if infos else None, now)
             except Exception as error:  # noqa: BLE001 - one replica's trouble never stops the watch
                 print(f"{watch.model} v{watch.version} r{watch.index}: {error}", flush=True)
+
+    def _sample_utilisation(self) -> None:
+        """One utilisation sample of every replica into the bounded file (modelyard/utilisation.py)."""
+        try:
+            append_sample(samples_path(self.settings), self.sampler.sample())
+        except Exception as error:  # noqa: BLE001 - a missed sample is retried next period; the watch goes on
+            print(f"utilisation sample failed: {error}", flush=True)
 
     def _heartbeat(self) -> None:
         path = self.settings.run_dir / HEARTBEAT
@@ -307,6 +351,7 @@ class Watchdog:
             await client.aclose()
         self.records.shutdown(wait=True)
         self.restarts.shutdown(wait=True)
+        self.sampling.shutdown(wait=True)
 
 
 if __name__ == "__main__":

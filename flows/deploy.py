@@ -2,7 +2,9 @@
 record it as deployed only with the proof that it serves (deployments/desired_state.py).
 
 Started by the registry event alone (the ``champion`` alias set in MLflow, bridged to Prefect,
-matched by the trigger in prefect.yaml); ``rollback`` puts the previous version back.
+matched by the trigger in prefect.yaml); ``rollback`` puts the previous version back. Each
+environment's registered model (``<name>-staging``…) is served as its environment says, and its
+``deploy.succeeded`` event offers the version to the next environment (the ``promote`` trigger).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from prefect import flow
 from deployments.strategies import RolloutFailed
 from modelyard.catalog import CHAMPION, Action
 from tasks.audit import record_audit_event
+from tasks.kpis import is_redeploy
 from tasks.deploying import (
-    check_names, monitor_schedule_task, record_deployed, record_recovery, record_rollback, record_rollback_failed,
+    announce_deployed, check_names, monitor_schedule_task, record_deployed, record_recovery, record_rollback, record_rollback_failed,
     record_rolled_back, report_kpis, report_rollout, roll_back, rollout_plan, run_rollout,
 )
 
@@ -40,6 +43,7 @@ def deploy(model: str, version: str, alias: str = CHAMPION, strategy: str | None
     report_rollout(record_deployed(rollout))
     if serving.target != "kubernetes":
         monitor_schedule_task(model, version)
+    announce_deployed(model, version, is_redeploy({"details": {"timeline": rollout.timeline}}))
     report_kpis(model, version)
     proof = rollout.proof or {}
     print(f"{model} v{version} serving at {rollout.endpoint_url} ({rollout.strategy}); proven at "

@@ -18,11 +18,14 @@ from tasks.retraining import (
 
 @flow(name="retrain", log_prints=True)
 def retrain(model: str, reason: str = MANUAL_REASON, cooldown_s: float | None = None) -> dict:
-    """Retrain ``model`` once (claiming it first); promote only a version that beats the champion."""
+    """Retrain ``model`` once (claiming it first); promote only a version that beats the champion.
+    An alert on an environment's model (``<name>-staging``) retrains the dev model ``<name>``."""
     from flows.pipeline import model_pipeline
 
     check_names("retrain", {"model": model})
+    alerted = model
     spec, champion = champion_spec(model)
+    model = spec.name  # versions are trained in dev; promotion carries them onwards
     claim = claim_task(spec, reason, cooldown_s)
     if not claim.granted:
         record_audit_event(Action.RETRAIN_SKIPPED, model, {"reason": reason, "why": claim.reason})
@@ -30,7 +33,8 @@ def retrain(model: str, reason: str = MANUAL_REASON, cooldown_s: float | None = 
         return {"model": model, "retrained": False, "why": claim.reason}
     outcome = "failed"
     try:
-        record_audit_event(Action.RETRAIN_STARTED, model, {"reason": reason, "champion": champion})
+        record_audit_event(Action.RETRAIN_STARTED, model, {"reason": reason, "champion": champion,
+                                                           "alert_model": alerted})
         data = fresh_data_task(spec)
         result = model_pipeline(data["spec_path"], data["data_path"], promote_if_better=True)
         outcome = record_outcome(model, reason, champion, result, data)

@@ -66,6 +66,8 @@ class Action(StrEnum):
     APPROVAL_REFUSED = "approval.refused"  # an input that did not count: unknown identity, bad code, four-eyes
     APPROVAL_TIMED_OUT = "approval.timed_out"  # no decision within approval_timeout_s: the promotion is rejected
     APPROVAL_SUPERSEDED = "approval.superseded"  # a newer version's promotion replaced a pending one
+    APPROVER_ENROLLED = "approver.enrolled"  # `modelyard approvers add`: identity, team (never the secret)
+    APPROVER_REMOVED = "approver.removed"
     PROMOTION_COPIED = "promotion.copied"  # the version copied into the env's registered model: target model/version
     PROMOTION_REFUSED = "promotion.refused"  # policy denied, rejected, timed out, or the copy failed: the reason
     # -- incidents (open → acknowledged → resolved) -----------------------------------------------
@@ -158,6 +160,8 @@ DEPLOY_DEPLOYMENT = "deploy/deploy-on-champion"
 RETRAIN_DEPLOYMENT = "retrain/retrain-on-alert"
 PIPELINE_DEPLOYMENT = "model-pipeline/model-pipeline"
 PIPELINE_GPU_DEPLOYMENT = "model-pipeline/model-pipeline-gpu"  # the same flow on the gpu work pool
+AUDIT_DEPLOYMENT = "audit-verify/audit-verify"  # the ledger verified hourly: the audit pass rate
+PROMOTE_DEPLOYMENT = "promote/promote"  # a version promoted into the next environment (deploy.succeeded, `modelyard promote`)
 
 # --- MLflow tags on model versions --------------------------------------------------------------
 TAG_ARTIFACT_SHA256 = "modelyard.artifact_sha256"

@@ -182,18 +182,23 @@ class PromotionInput:
     model: str
     version: str
     environment: str  # dev | staging | production
-    author: str  # who trained or requested the change
+    author: str  # who trained (or asked for the training of) the version
     signature: Signature
     approvals: tuple[Approval, ...] = ()
     open_alerts: tuple[Alert, ...] = ()
     evaluation: Evaluation | None = None  # None: no evaluation recorded (production denies)
     extra: dict[str, Any] = field(default_factory=dict)  # anything a spec policy needs beyond the above
+    # Who asked for this promotion (None: automation). Four-eyes excludes them as it does the
+    # author: otherwise one person could request a promotion and approve it.
+    requested_by: str | None = None
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
         object.__setattr__(self, "version", check_version(self.version))
         _one_of(self.environment, ENVIRONMENTS, "environment")
         _text(self.author, "author")
+        if self.requested_by is not None:
+            _text(self.requested_by, "requested_by")
         if not isinstance(self.signature, Signature):
             raise ValueError(f"signature: {self.signature!r} is not a Signature")
         object.__setattr__(self, "approvals", _items(self.approvals, Approval, "approvals"))

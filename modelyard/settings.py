@@ -86,8 +86,16 @@ class Settings(BaseSettings):
         "python:3.11-slim",
         description="Base of every model image; `infra/docker/build-base-image.sh` builds a local one offline.",
     )
-    notify_url: str | None = Field(
-        None, description="Every monitoring alert is POSTed here (a Prefect webhook notification); unset: no notifications.")
+    # Notification channels (Prefect notification blocks, made by `stack up`): every monitoring
+    # alert and every incident opened or resolved goes to each one set. Webhook URLs carry their
+    # own credentials, so they are secrets: kept in Prefect's block store, never in a child's
+    # environment, a log or the ledger.
+    notify_url: SecretStr | None = Field(
+        None, description="A generic webhook (JSON POST: subject, body) for alerts and incidents; unset: none.")
+    notify_slack_url: SecretStr | None = Field(
+        None, description="A Slack incoming-webhook URL (https://hooks.slack.com/services/…) for alerts and incidents.")
+    notify_teams_url: SecretStr | None = Field(
+        None, description="A Microsoft Teams Workflows (Power Automate) webhook URL for alerts and incidents.")
     kubernetes_context: str | None = Field(None, description="kubeconfig context the kubernetes target uses.")
     ledger_key: SecretStr | None = Field(
         None, description="Unused since the ledger's checkpoints are ed25519-signed with a generated key "
@@ -191,8 +199,6 @@ class Settings(BaseSettings):
             "MODELYARD_SERVE_ANONYMOUS": str(self.serve_anonymous).lower(),
             "MODELYARD_DOCKER_BASE_IMAGE": self.docker_base_image,
         }
-        if self.notify_url:
-            env["MODELYARD_NOTIFY_URL"] = self.notify_url
         if self.trusted_model_keys_dir is not None:
             env["MODELYARD_TRUSTED_MODEL_KEYS_DIR"] = str(self.trusted_model_keys_dir)
         return env

@@ -45,7 +45,9 @@ signature_valid if input.signature.valid == true
 
 production if input.environment == "production"
 
-# Four-eyes: someone other than the author (who trained or requested the change) approved it.
+# Four-eyes: someone other than the author (who trained or asked for the training of the
+# version) and other than whoever requested this promotion (input.requested_by, null for
+# automation) approved it.
 deny contains {"rule": "four_eyes", "reason": four_eyes_reason} if {
 	production
 	not approved_by_another
@@ -58,6 +60,7 @@ approved_by_another if {
 	is_string(approval.identity)
 	trim_space(approval.identity) != ""
 	not same_identity(approval.identity, input.author)
+	not same_identity(approval.identity, object.get(input, "requested_by", null))
 }
 
 author_known if {
@@ -71,6 +74,12 @@ self_approved if {
 	same_identity(approval.identity, input.author)
 }
 
+requester_approved if {
+	some approval in input.approvals
+	approval.decision == "approve"
+	same_identity(approval.identity, input.requested_by)
+}
+
 # Identities compare without case or surrounding space: "Alice" cannot approve "alice"'s change.
 same_identity(a, b) if {
 	is_string(a)
@@ -82,6 +91,8 @@ four_eyes_reason := "the author is unknown, so four-eyes cannot be checked" if {
 	not author_known
 } else := sprintf("%s approved their own change; production needs an approval by someone other than the author", [author]) if {
 	self_approved
+} else := sprintf("%s approved the promotion they requested; production needs an approval by someone other than the requester", [input.requested_by]) if {
+	requester_approved
 } else := sprintf("production needs an approval by someone other than the author (%s); there is none", [author])
 
 deny contains {"rule": "open_alerts", "reason": sprintf("an open %v alert (opened %v) blocks production", [alert.kind, opened_at(alert)])} if {

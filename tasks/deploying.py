@@ -14,17 +14,22 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from deployments import strategies
+from deployments.bridge import emit_prefect_event
 from deployments.strategies import Rollout, RolloutFailed
 from deployments.targets.factory import make_target
 from modelyard.audit import append_audit_record
-from modelyard.catalog import CHAMPION, TAG_DEPLOY_DETAIL, TAG_DEPLOY_STATUS, Action
+from modelyard.catalog import CHAMPION, TAG_DEPLOY_DETAIL, TAG_DEPLOY_STATUS, Action, Event, model_resource_id
+from modelyard.environments import split_environment
+from modelyard.incidents import (
+    RECOVERED_BY_ROLLBACK, RECOVERED_BY_ROLLOUT, emit_incident_event, resolve_by_recovery,
+)
 from modelyard.names import InvalidName, check_model_name, check_version
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, artifact_url, set_alias, version_spec
 from modelyard.resources.serving_state import ModelBusy
 from modelyard.schedules import ensure_monitor_schedule
 from modelyard.spec import ServingSpec, SpecError
-from tasks.kpis import recovery_for, switched_at
+from tasks.kpis import is_redeploy, recovery_for, switched_at
 from tasks.reporting import (
     RolloutSummary, kpi_artifact, publish, rollout_artifact, rollout_chart, timeline_markdown, write_kpi_report,
 )
@@ -66,7 +71,10 @@ def serving_plan(client, model: str, version: str, strict: bool = False) -> tupl
         raise RolloutFailed(f"{model} v{version} is refused: {error}", []) from error
     if spec is None:
         return ServingSpec(strategy="blue_green"), True
-    return spec.serving, spec.is_classification
+    try:  # each environment's registered model is served as its environment says
+        return spec.serving_for(split_environment(model)[1]), spec.is_classification
+    except SpecError as error:  # a copy into an environment its spec does not have
+        raise RolloutFailed(f"{model} v{version} is refused: {error}", []) from error
 
 
 def _tag(client, model: str, version: str, status: str, detail: str) -> None:
@@ -129,7 +137,27 @@ def record_deployed(rollout: Rollout) -> RolloutSummary:
     append_audit_record(Action.DEPLOY_SUCCEEDED, f"{rollout.model}/{rollout.version}",
                         {"endpoint": rollout.endpoint_url, "strategy": rollout.strategy, "proof": rollout.proof,
                          "timeline": rollout.timeline})
+    if not is_redeploy({"details": {"timeline": rollout.timeline}}):
+        resolve_recovered_incidents(rollout.model, rollout.version, f"v{rollout.version} at 100%",
+                                    RECOVERED_BY_ROLLOUT, rollout.timeline)
     return RolloutSummary.of(rollout, Action.DEPLOY_SUCCEEDED)
+
+
+def resolve_recovered_incidents(model: str, version: str, how: str, kinds: tuple[str, ...],
+                                timeline: list[dict]) -> list:
+    """The model's open incidents of ``kinds`` (on other versions than ``version``, which now
+    serves) resolved by this recovery, as of the moment its switch completed. Their MTTR (incident
+    opened → switch) matches ``kpi.recovered``'s (the alert record → the same switch) to within the
+    instant between an alert's record and its incident's; ``kpi.recovered`` exists only for a
+    version a retrain made, an incident for every alert. A failure here is logged, never fails
+    or repeats the deploy that already happened."""
+    try:
+        return resolve_by_recovery(append_audit_record, get_resources().ledger.records(), model=model, how=how,
+                                   kinds=kinds, recovery_version=version, recovered_at=switched_at(timeline),
+                                   emit=emit_incident_event)
+    except Exception as error:  # noqa: BLE001 - the rollout's outcome stands; the incident stays open, said here
+        get_run_logger().warning("%s: incidents not resolved by v%s: %s", model, version, error)
+        return []
 
 
 @task(name="record-rolled-back", **INFRA_RETRIES)
@@ -146,8 +174,44 @@ def record_rolled_back(model: str, version: str, strategy: str, reason: str, tim
 
 @task(name="ensure-monitor-schedule", **INFRA_RETRIES)
 def monitor_schedule_task(model: str, version: str) -> str:
+    """The model's monitor schedule, at its environment's interval (each environment's registered
+    model is monitored on its own)."""
     spec = version_spec(get_resources().registry, model, version)
-    return ensure_monitor_schedule(model, spec.monitoring.interval_s if spec is not None else DEFAULT_MONITOR_INTERVAL_S)
+    interval = spec.monitor_interval_for(split_environment(model)[1]) if spec is not None else DEFAULT_MONITOR_INTERVAL_S
+    return ensure_monitor_schedule(model, interval)
+
+
+def promotes_onwards(spec, model: str) -> bool:
+    """Whether a version now serving ``model`` (a registered model of one environment) is offered
+    to the next environment by itself: the spec has one after it, promoted automatically or on
+    approval (a ``manual`` one waits for `modelyard promote`)."""
+    if spec is None:
+        return False
+    env = split_environment(model)[1]
+    following = spec.next_environment(env) if env in spec.environments else None
+    return following is not None and spec.environment(following).promotion in ("automatic", "approval")
+
+
+def deployed_event(model: str, version: str, promote: bool) -> dict[str, Any]:
+    """The ``deploy.succeeded`` Prefect event of a version proven serving; ``modelyard.promote``
+    is what the ``promote`` deployment's trigger matches."""
+    return {"event": str(Event.DEPLOY_SUCCEEDED),
+            "resource": {"prefect.resource.id": model_resource_id(model), "prefect.resource.name": model,
+                         "modelyard.model": model, "modelyard.version": str(version),
+                         "modelyard.environment": split_environment(model)[1],
+                         "modelyard.promote": "true" if promote else "false"},
+            "payload": {}}
+
+
+@task(name="announce-deployed", **INFRA_RETRIES)
+def announce_deployed(model: str, version: str, redeploy: bool) -> dict[str, Any]:
+    """``deploy.succeeded`` as a Prefect event, confirmed by the server (not queued): the next
+    environment's promotion starts from it. A redeploy of the version already serving offers
+    nothing onwards (it was offered when it first served)."""
+    spec = version_spec(get_resources().registry, model, version)
+    event = deployed_event(model, version, promote=not redeploy and promotes_onwards(spec, model))
+    emit_prefect_event(event)
+    return event
 
 
 @task(name="rollout-report", **INFRA_RETRIES)
@@ -229,6 +293,8 @@ def record_rollback(rollout: Rollout, reason: str, automatic: bool) -> RolloutSu
     append_audit_record(action, f"{model}/{rollout.version}",
                         {"from_version": rollout.previous, "reason": reason, "rollback_s": rollout.rollback_s,
                          "strategy": rollout.strategy, "timeline": rollout.timeline})
+    resolve_recovered_incidents(model, rollout.version, f"rollback to v{rollout.version}", RECOVERED_BY_ROLLBACK,
+                                rollout.timeline)
     return RolloutSummary.of(rollout, action, reason)
 
 

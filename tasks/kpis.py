@@ -1,21 +1,29 @@
-"""Delivery KPIs from the audit ledger: deployments, their success rate and frequency, rollbacks
-(automatic and manual), and the detection and recovery times of the loops an alert closed.
-Every number comes from ledger records, so it is as verifiable as the ledger."""
+"""KPIs as the flows use them: the closed loop's detection and recovery times the deploy flow
+records (``kpi.recovered``), and the scheduled ``audit verify`` whose runs make the audit pass
+rate. The KPIs themselves are plain functions of ledger records in ``modelyard.kpis`` (the
+bridge's ``/metrics`` reads them too, and it cannot import ``tasks/``); they are re-exported
+here for the flows and reports that import them from this module."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from modelyard.catalog import AUTOMATIC_ROLLBACK_ACTIONS, RETRAIN_ALERT_ACTIONS, ROLLBACK_ACTIONS, Action
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-MTTD_MEANING = "start of the drifted window → alert"
-MTTR_MEANING = "alert → switch to the new version completed"
+from modelyard.catalog import RETRAIN_ALERT_ACTIONS, Action
+from modelyard.kpis import (
+    LEAD_TIME_MEANING, MTTD_MEANING, MTTR_MEANING, Scope, audit_pass_rate, concerns, delivery_kpis, is_redeploy,
+    kpi_cuts, lead_times, record_time, switched_at,
+)
 
-
-def record_time(record: dict[str, Any]) -> float:
-    """When a ledger record was written (epoch seconds)."""
-    return datetime.fromisoformat(record["time"]).timestamp()
+__all__ = [  # re-exported from modelyard.kpis for the flows and reports that import them from here
+    "LEAD_TIME_MEANING", "MTTD_MEANING", "MTTR_MEANING", "Scope", "audit_pass_rate", "concerns", "delivery_kpis",
+    "is_redeploy", "kpi_cuts", "lead_times", "record_time", "switched_at",
+    "detection_s", "recovery_s", "recovery_for", "verification_record", "verify_ledger_task", "audit_markdown",
+    "publish_audit_verify",
+]
 
 
 def detection_s(alert: dict[str, Any]) -> float | None:
@@ -29,12 +37,6 @@ def recovery_s(alert: dict[str, Any], switched_at: float) -> float:
     """MTTR of one loop: the moment the switch to the recovered version completed (proven by the
     stable endpoint answering with that version) minus the time the alert was recorded in the ledger."""
     return switched_at - record_time(alert)
-
-
-def switched_at(timeline: list[dict[str, Any]]) -> float | None:
-    """When a rollout's switch completed (epoch seconds): the wall-clock ``at`` of its ``switched``
-    step; None for a rollout that switched nothing."""
-    return next((step.get("at") for step in timeline if step["step"] == "switched"), None)
 
 
 def recovery_for(records: list[dict[str, Any]], model: str, version: str, serving_at: float) -> dict[str, Any] | None:
@@ -56,40 +58,55 @@ def recovery_for(records: list[dict[str, Any]], model: str, version: str, servin
             "mttr_s": recovery_s(alert, serving_at), "retrain_s": record_time(finished[-1]) - record_time(started[-1])}
 
 
-def concerns(record: dict[str, Any], model: str | None) -> bool:
-    """Whether a ledger record is about ``model`` (the model or one of its versions); any with None."""
-    return model is None or record["subject"] == model or record["subject"].startswith(f"{model}/")
+# --- the scheduled audit verify (the audit pass rate) ------------------------------------------
+
+def verification_record(result) -> dict[str, Any]:
+    """What the ledger keeps of one ``audit verify``: whether it passed, how many records
+    verified, the first problem, the latest signed and witnessed checkpoints."""
+    return {"ok": result.ok, "records": result.records,
+            "problem": None if result.problem is None else str(result.problem)[:500],
+            "problem_kind": None if result.problem is None else result.problem.kind,
+            "checkpoint": result.checkpoint.describe() if result.checkpoint is not None else None,
+            "witnessed": result.witnessed.source if result.witnessed is not None else None,
+            "witness_errors": [error[:200] for error in result.witness_errors]}
 
 
-def is_redeploy(record: dict[str, Any]) -> bool:
-    """A deploy of the version already serving: no deployment in the KPIs' sense."""
-    return any(s.get("step") == "already serving" for s in record["details"].get("timeline", []))
+@task(name="verify-ledger", cache_policy=NO_CACHE)
+def verify_ledger_task() -> dict[str, Any]:
+    """``audit verify`` with the MLflow and Prefect witnesses, recorded as ``audit.verified``
+    (recorded even when the ledger is broken: that is the finding the pass rate counts)."""
+    from modelyard.audit import append_audit_record
+    from modelyard.kpis import LEDGER_SUBJECT
+    from modelyard.resources import get_resources
+
+    details = verification_record(get_resources().ledger.verify())
+    append_audit_record(Action.AUDIT_VERIFIED, LEDGER_SUBJECT, details)
+    return details
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+def audit_markdown(details: dict[str, Any], rate: dict[str, Any]) -> str:
+    """The run's finding and the pass rate so far, for the flow run's artifact."""
+    verdict = "PASSED" if details["ok"] else "FAILED"
+    shown = "–" if rate["audit_pass_rate"] is None else f"{rate['audit_pass_rate']:.1%}"
+    lines = [f"# Audit verify: {verdict}", "", f"{details['records']} records verified.", ""]
+    if details["problem"]:
+        lines += [f"First problem: `{details['problem']}`", ""]
+    lines += ["| measure | value |", "|---|---|",
+              f"| latest signed checkpoint | {details['checkpoint'] or 'none'} |",
+              f"| latest witnessed checkpoint | {details['witnessed'] or 'none'} |",
+              f"| audit verify runs | {rate['audit_runs']} |", f"| passed | {rate['audit_passed']} |",
+              f"| audit pass rate | {shown} |"]
+    return "\n".join(lines) + "\n"
 
 
-def delivery_kpis(records: list[dict[str, Any]], model: str | None = None) -> dict[str, Any]:
-    """Deployments, their success rate and frequency, rollbacks (automatic and manual), and mean MTTD/MTTR."""
-    records = [r for r in records if concerns(r, model)]
-    started = [r for r in records if r["action"] == Action.DEPLOY_STARTED]
-    succeeded = [r for r in records if r["action"] == Action.DEPLOY_SUCCEEDED and not is_redeploy(r)]
-    rollbacks = [r for r in records if r["action"] in ROLLBACK_ACTIONS]
-    automatic = [r for r in rollbacks if r["action"] in AUTOMATIC_ROLLBACK_ACTIONS]
-    refused = [r for r in rollbacks if r["action"] == Action.DEPLOY_ROLLED_BACK]  # a failed deployment attempt
-    recovered = [r["details"] for r in records if r["action"] == Action.KPI_RECOVERED]
-    span_days = ((record_time(records[-1]) - record_time(records[0])) / 86400) if len(records) > 1 else 0.0
-    attempts = len(succeeded) + len(refused)
-    return {
-        "deployments": len(succeeded), "deploy_attempts": attempts, "deploys_started": len(started),
-        "success_rate": len(succeeded) / attempts if attempts else None,
-        "deployments_per_day": len(succeeded) / span_days if span_days > 0 else None,
-        "rollbacks": len(rollbacks),
-        "automatic_rollbacks": len(automatic),
-        "manual_rollbacks": len(rollbacks) - len(automatic),
-        "recoveries": len(recovered),
-        "mttd_s": _mean([r.get("mttd_s") for r in recovered]),
-        "mttr_s": _mean([r.get("mttr_s") for r in recovered]),
-    }
+@task(name="publish-audit-verify", cache_policy=NO_CACHE)
+def publish_audit_verify(details: dict[str, Any]) -> dict[str, Any]:
+    """The pass rate over every recorded run, as the ``audit-verify`` artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from modelyard.resources import get_resources
+
+    rate = audit_pass_rate(get_resources().ledger.records())
+    create_markdown_artifact(key="audit-verify", markdown=audit_markdown(details, rate),
+                             description=f"{'passed' if details['ok'] else 'FAILED'}: {details['records']} records")
+    return rate

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHALLENGER, CHAMPION, TAG_SPEC_DIR, Action
+from modelyard.environments import TAG_AUTHOR, TAG_TEAM
 from modelyard.json_safe import json_safe
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, SPEC_ARTIFACT, alias_version, set_alias
@@ -37,6 +38,9 @@ from tasks.training import FeatureSet, model_inputs, train_model
 from tasks.validation import ValidationReport, build_suite, suite_for_model, validate_frame
 
 EXPECTATIONS_ARTIFACT = "validation/expectations.json"
+# The author of a version nobody asked for by name (a retrain after an alert, the demo): the
+# service identity, which is never an approver, so four-eyes holds for it.
+SERVICE_AUTHOR = "modelyard-service"
 
 
 @dataclass
@@ -54,6 +58,12 @@ def prepare_data(spec_path: str, data_path: str | None = None) -> PreparedData:
     spec = load_spec(spec_path)
     if data_path:
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"source": str(Path(data_path).resolve())})})
+    return prepare_spec_data(spec)
+
+
+def prepare_spec_data(spec: ModelSpec) -> PreparedData:
+    """The spec's data, split and fingerprinted (relative paths from ``spec.base_dir``): the same
+    holdout whoever asks, so a promotion compares two versions where the pipeline did."""
     data = data_ops.load_dataset(spec)
     columns = data_ops.feature_columns(spec, data)
     features = FeatureSet(columns, data_ops.categorical_columns(spec, data, columns))
@@ -152,9 +162,13 @@ def with_gaps(holdout: pd.DataFrame, columns: list[str], rows: int = 20) -> pd.D
     return pd.concat([holdout, *gaps], ignore_index=True) if gaps else holdout
 
 
-def lineage_tags(prepared: PreparedData, validation: dict[str, Any], project_dir: Path) -> dict[str, str]:
-    """Tags that tie a version to its data, code, packages and validation run."""
+def lineage_tags(prepared: PreparedData, validation: dict[str, Any], project_dir: Path,
+                 author: str = SERVICE_AUTHOR) -> dict[str, str]:
+    """Tags that tie a version to its data, code, packages and validation run, its owning team and
+    its author (four-eyes: the author of a version may not approve its promotion)."""
     return {
+        TAG_TEAM: prepared.spec.team,
+        TAG_AUTHOR: author,
         "modelyard.data_fingerprint": prepared.fingerprint,
         "modelyard.git_commit": git_commit(project_dir),
         "modelyard.lock_sha256": lock_hash(project_dir),
@@ -169,10 +183,11 @@ def lineage_tags(prepared: PreparedData, validation: dict[str, Any], project_dir
 
 
 def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[str, Any],
-                   client: MlflowClient, settings: Settings) -> tuple[RegisteredVersion, str]:
+                   client: MlflowClient, settings: Settings,
+                   author: str = SERVICE_AUTHOR) -> tuple[RegisteredVersion, str]:
     """Log, sign and register a version with its evidence; returns it and its model card."""
     spec = prepared.spec
-    lineage = lineage_tags(prepared, validation, settings.project_dir)
+    lineage = lineage_tags(prepared, validation, settings.project_dir, author)
     data_facts = {
         "source": spec.data.source, "rows": len(prepared.data), "train rows": len(prepared.train),
         "holdout rows": len(prepared.holdout), "features": len(prepared.features.columns),
@@ -197,7 +212,17 @@ def register_model(prepared: PreparedData, built: BuiltModel, validation: dict[s
     # The deploy flow reads the serving section (target, strategy, gates) from here: a version
     # carries the rollout plan it was built with, whatever the spec file says later.
     client.log_dict(registered.run_id, spec.model_dump(mode="json"), SPEC_ARTIFACT)
+    client.set_registered_model_tag(registered.name, TAG_TEAM, spec.team)
     return registered, card
+
+
+def record_author(client: MlflowClient, model: str, version: str, author: str) -> None:
+    """Name who asked for a version (``model_pipeline(requested_by=...)``) as its author, on the
+    version and its run: four-eyes keeps them from approving its promotion."""
+    client.set_model_version_tag(model, version, TAG_AUTHOR, author)
+    run_id = client.get_model_version(model, version).run_id
+    if run_id:
+        client.set_tag(run_id, TAG_AUTHOR, author)
 
 
 def registration_summary(registered: RegisteredVersion, built: BuiltModel, prepared: PreparedData) -> dict[str, Any]:
@@ -308,6 +333,11 @@ def record_decision(model: str, version: str, evaluation: Evaluation) -> None:
     log_decision(client, run_id, json_safe(evaluation.decision.as_dict()), evaluation.champion_metrics, evaluation.p95_ms)
     if evaluation.decision.passed:
         set_alias(client, model, CHALLENGER, version)
+
+
+@task(name="record-author", **INFRA_RETRIES)
+def record_author_task(model: str, version: str, author: str) -> None:
+    record_author(get_resources().registry, model, version, author)
 
 
 @task(name="current-champion", **INFRA_RETRIES)

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from modelyard.audit import append_audit_record
 from modelyard.catalog import ALERT_ACTIONS, model_resource_id
+from modelyard.incidents import alert_kind, emit_incident_event, open_incident
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, artifact_url, version_spec
 from modelyard.spec import ModelSpec
@@ -243,10 +244,13 @@ def publish_verdict_task(verdict: m.WindowVerdict, report_url: str | None) -> No
 
 @task(name="raise-alerts", cache_policy=NO_CACHE)
 def raise_alerts_task(plan: MonitorPlan, alerts: list[m.Alert]) -> list[str]:
-    """One Prefect event per alert, with the numbers; the same in the audit ledger."""
+    """One Prefect event per alert, with the numbers; the same in the audit ledger; and an
+    incident opened for it (none while one of its kind is open on the model), whose first bad
+    signal is the start of the window that showed it."""
     from prefect.events import emit_event
 
     emitted = []
+    records = get_resources().ledger.records() if alerts else []  # one window's alerts: one of each kind
     for alert in alerts:
         emit_event(event=str(alert.event),
                    resource={"prefect.resource.id": model_resource_id(plan.model),
@@ -254,7 +258,11 @@ def raise_alerts_task(plan: MonitorPlan, alerts: list[m.Alert]) -> list[str]:
                              "modelyard.version": plan.version,
                              "modelyard.fresh": str(bool(alert.numbers.get("fresh_version"))).lower()},
                    payload={"reason": alert.reason, **alert.numbers})
-        append_audit_record(ALERT_ACTIONS[alert.event], f"{plan.model}/{plan.version}",
-                            {"reason": alert.reason, **alert.numbers})
+        action = ALERT_ACTIONS[alert.event]
+        append_audit_record(action, f"{plan.model}/{plan.version}", {"reason": alert.reason, **alert.numbers})
+        open_incident(append_audit_record, records, model=plan.model, version=plan.version,
+                      kind=alert_kind(action), alert_action=action, first_signal_at=alert.numbers.get("window_start"), summary=alert.reason,
+                      details={k: v for k, v in alert.numbers.items() if k not in ("model", "version")},
+                      emit=emit_incident_event)
         emitted.append(alert.event)
     return emitted

@@ -1,9 +1,11 @@
 """The reconciler's steps: read what the registry wants and what serves, emit the registry
 events the bridge missed, keep every serving model's monitor schedule, and bring every model's
-running replicas and route back to its desired state (deployments/desired_state.py)."""
+running replicas and route back to its desired state (deployments/desired_state.py), and close
+approval requests whose time ran out (modelyard/approvals.py)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
@@ -12,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from deployments.bridge import emit_prefect_event
 from deployments.desired_state import restore
 from deployments.reconcile import alias_event, missed_deploys, recently_in_flight, refused_names
+from modelyard.approvals import record_expired_approvals
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, Action
 from modelyard.names import InvalidName
@@ -101,3 +104,34 @@ def repair_serving() -> list[dict]:
             get_run_logger().info(outcome.describe())
         repairs.append(outcome.summary())
     return repairs
+
+
+@task(name="close-expired-approvals", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def close_expired_approvals() -> list[dict]:
+    """Promotions whose approval did not come within their environment's ``approval_timeout_s``
+    refused: ``approval.timed_out`` and ``promotion.refused``, once each (a retry writes nothing
+    twice), and the timeout on the source version beside the other decisions (``modelyard.approval.<env>``)."""
+    resources = get_resources()
+    written = record_expired_approvals(resources.settings)
+    for record in written:
+        get_run_logger().info("%s %s: %s", record["action"], record["subject"], record["details"].get("reason", ""))
+        if record["action"] == Action.APPROVAL_TIMED_OUT:
+            tag_timeout(resources.registry, record)
+    return [{"action": record["action"], "subject": record["subject"]} for record in written]
+
+
+def tag_timeout(client, record: dict) -> None:
+    """The timeout on the MLflow version, as the promote flow tags the people's decisions; the ledger
+    record is the authority, so a registry that fails here is logged, not retried into a second record."""
+    from tasks.promoting import APPROVAL_TAG
+
+    model, _, version = record["subject"].rpartition("/")
+    details = record["details"]
+    summary = {"flow_run_id": details["flow_run_id"], "decisions": [{"identity": identity, "decision": "approve"}
+                                                                    for identity in details.get("given") or []],
+               "timed_out": {"deadline": details.get("deadline"), "at": record["time"]}}
+    try:
+        client.set_model_version_tag(model, version, APPROVAL_TAG.format(env=details["environment"]),
+                                     json.dumps(summary, sort_keys=True))
+    except Exception as error:  # noqa: BLE001 - the ledger already holds the timeout
+        get_run_logger().warning("could not tag %s with its approval timeout: %s", record["subject"], error)

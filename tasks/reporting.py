@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelyard.catalog import Action
-from tasks.kpis import MTTD_MEANING, MTTR_MEANING, concerns, delivery_kpis, is_redeploy
+from modelyard.kpis import INCIDENT_MTTD_MEANING, INCIDENT_MTTR_MEANING
+from tasks.kpis import LEAD_TIME_MEANING, MTTD_MEANING, MTTR_MEANING, concerns, delivery_kpis, is_redeploy
 
 if TYPE_CHECKING:
+    from modelyard.kpi_snapshot import KpiSnapshot
     from tasks.evaluation import Decision
     from tasks.monitoring import WindowVerdict
     from tasks.validation import ValidationReport
@@ -186,13 +188,23 @@ LABELS = {
     "deploys_started": "deploy runs started",
     "success_rate": "success rate",
     "deployments_per_day": "deployment frequency (per day)",
+    "lead_time_s": f"mean lead time (s; {LEAD_TIME_MEANING})",
+    "lead_time_max_s": "longest lead time (s)",
     "rollbacks": "rollbacks (all)",
     "automatic_rollbacks": "automatic rollbacks (a failed gate or an alert)",
     "manual_rollbacks": "manual rollbacks (by hand)",
     "recoveries": "drift/performance loops closed",
     "mttd_s": "mean time to detect (s)",
     "mttr_s": "mean time to recover (s)",
+    "mttd_source": "MTTD/MTTR measured from",
+    "incidents": "incidents",
+    "incidents_open": "incidents open or acknowledged",
+    "incidents_resolved": "incidents resolved",
+    "monitored_rate": "serving models monitored",
+    "audit_pass_rate": "audit pass rate (scheduled verify runs passed)",
+    "evidence_rate": "production versions with complete evidence",
 }
+PERCENT_KEYS = frozenset({"success_rate", "monitored_rate", "audit_pass_rate", "evidence_rate"})
 
 
 def _day(record: dict) -> str:
@@ -260,7 +272,7 @@ def kpi_chart(records: list[dict[str, Any]], model: str | None, path: Path) -> P
 def _shown(value: Any, key: str) -> str:
     if value is None:
         return "–"
-    if key == "success_rate":
+    if key in PERCENT_KEYS:
         return f"{value:.1%}"
     return f"{value:.1f}" if isinstance(value, float) else str(value)
 
@@ -284,12 +296,110 @@ def kpi_artifact(records: list[dict[str, Any]], model: str, version: str, chart_
     return Artifact("delivery-kpis", markdown, f"after {model} v{version}")
 
 
+# The columns of a cut (per model, team or environment), by delivery KPI key.
+CUT_COLUMNS = ("deployments", "success_rate", "deployments_per_day", "lead_time_s", "automatic_rollbacks",
+               "manual_rollbacks", "mttd_s", "mttr_s")
+CUT_HEADERS = ("deployments", "success rate", "per day", "lead time s", "auto rollbacks", "manual rollbacks",
+               "MTTD s", "MTTR s")
+
+
+def headline(snapshot: KpiSnapshot) -> dict[str, Any]:
+    """The mission's KPIs beside delivery: % monitored, audit pass rate, complete evidence."""
+    evidence = snapshot.evidence_summary
+    return {"monitored_rate": snapshot.monitoring["monitored_rate"] if snapshot.monitoring else None,
+            "audit_pass_rate": snapshot.audit["audit_pass_rate"],
+            "evidence_rate": evidence["evidence_rate"] if evidence else None}
+
+
+def cut_rows(snapshot: KpiSnapshot, by: str) -> list[list[str]]:
+    """One row per model (registered, team, environment), team or environment: its delivery KPIs as shown."""
+    keys = ("registered", "team", "environment") if by == "model" else (by,)
+    return [[str(row[k]) for k in keys] + [_shown(row.get(c), c) for c in CUT_COLUMNS] for row in snapshot.cuts[by]]
+
+
+def monitoring_rows(snapshot: KpiSnapshot) -> list[list[str]]:
+    """Per serving model: scheduled, interval, last monitor run's age, monitored, why not."""
+    if snapshot.monitoring is None:
+        return []
+    return [[row["model"], row["team"], "yes" if row["scheduled"] else "no", _shown(row["interval_s"], "interval_s"),
+             _shown(row["last_run_age_s"], "age"), "yes" if row["monitored"] else "NO", row["reason"] or ""]
+            for row in snapshot.monitoring["models"]]
+
+
+def evidence_rows(snapshot: KpiSnapshot) -> list[list[str]]:
+    return [[e.subject, "complete" if e.complete else "INCOMPLETE", ", ".join(e.missing) or "–"]
+            for e in snapshot.evidence or []]
+
+
+def utilisation_rows(snapshot: KpiSnapshot) -> list[list[str]]:
+    """Per replica: its pid, samples, mean/max CPU %, mean/max RSS MB, GPU MB."""
+    return [[f"{row['model']} v{row['version']} r{row['replica']}", row["team"], row["target"], str(row["pid"]),
+             str(row["samples"]), _shown(row["cpu_percent_mean"], "cpu"), _shown(row["cpu_percent_max"], "cpu"),
+             _shown(row["rss_mb_mean"], "rss"), _shown(row["rss_mb_max"], "rss"),
+             _shown(row.get("gpu_memory_mb"), "gpu")]
+            for row in snapshot.utilisation.get("replicas", [])]
+
+
+def gpu_line(snapshot: KpiSnapshot) -> str:
+    gpu = snapshot.utilisation.get("gpu") or {}
+    if not gpu.get("available"):
+        return gpu.get("reason") or "no GPU"
+    return "; ".join(f"GPU {g['index']} {g['name']}: {_shown(g['utilization_percent'], 'gpu')}% busy, "
+                     f"{_shown(g['memory_used_mb'], 'gpu')} of {_shown(g['memory_total_mb'], 'gpu')} MB"
+                     for g in gpu.get("gpus", []))
+
+
+def _table(headers: tuple[str, ...] | list[str], rows: list[list[str]], empty: str) -> str:
+    if not rows:
+        return f"<p>{html.escape(empty)}</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def snapshot_html(snapshot: KpiSnapshot) -> str:
+    """The page's sections beyond delivery: the cuts, monitoring, audit, evidence, utilisation."""
+    unavailable = "".join(f"<li>{html.escape(source)}: {html.escape(reason)}</li>"
+                          for source, reason in snapshot.unavailable.items())
+    audit = snapshot.audit
+    return f"""
+<h2>The mission's KPIs</h2>
+<table><tr><th>KPI</th><th>value</th></tr>{"".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(shown)}</td></tr>"
+                                                for label, shown in kpi_rows(headline(snapshot)))}</table>
+{f"<p>Not answering (their KPIs are left out):</p><ul>{unavailable}</ul>" if unavailable else ""}
+<h2>Per team</h2>
+{_table(("team", *CUT_HEADERS), cut_rows(snapshot, "team"), "no deployment recorded")}
+<h2>Per environment</h2>
+{_table(("environment", *CUT_HEADERS), cut_rows(snapshot, "environment"), "no deployment recorded")}
+<h2>Per model</h2>
+{_table(("registered model", "team", "environment", *CUT_HEADERS), cut_rows(snapshot, "model"), "no model")}
+<h2>Serving models monitored</h2>
+<p>Monitored: an active monitor schedule and a monitor run completed within 2 × its interval.</p>
+{_table(("model", "team", "scheduled", "interval s", "last run s ago", "monitored", "why not"),
+        monitoring_rows(snapshot), "Prefect did not answer" if snapshot.monitoring is None else "nothing serves")}
+<h2>Audit</h2>
+<p>Scheduled <code>audit verify</code> runs: {audit["audit_runs"]}, passed {audit["audit_passed"]};
+latest {html.escape(str(audit["audit_last_at"] or "never"))}{
+    "" if audit["audit_last_problem"] is None else ": " + html.escape(str(audit["audit_last_problem"]))}.</p>
+{_table(("production version", "evidence", "missing"), evidence_rows(snapshot),
+        "MLflow did not answer" if snapshot.evidence is None else "no production version")}
+<h2>Resource utilisation (recent samples)</h2>
+<p>{html.escape(gpu_line(snapshot))}</p>
+{_table(("replica", "team", "target", "pid", "samples", "CPU % mean", "CPU % max", "RSS MB mean", "RSS MB max",
+         "GPU MB"), utilisation_rows(snapshot), "no sample yet (the watchdog samples every 30 s)")}
+"""
+
+
 def kpi_html(records: list[dict[str, Any]], model: str | None = None, chart_png: bytes | None = None,
-             recent: int = 25) -> str:
-    """A page that stands alone (chart embedded): the KPIs, the chart, the latest rollouts."""
+             recent: int = 25, snapshot: KpiSnapshot | None = None) -> str:
+    """A page that stands alone (chart embedded): the KPIs, the chart, the latest rollouts; with
+    a ``snapshot``, the cuts per team and environment, monitoring, audit and utilisation too."""
     scope = f"of {model}" if model else "of every model"
+    if snapshot is not None:
+        scope = f"of {snapshot.scope.describe()}"
+    numbers = snapshot.delivery if snapshot is not None else delivery_kpis(records, model)
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(shown)}</td></tr>"
-                   for label, shown in kpi_rows(delivery_kpis(records, model)))
+                   for label, shown in kpi_rows(numbers))
     image = (f'<img alt="rollouts per day and closed loops" src="data:image/png;base64,'
              f'{base64.b64encode(chart_png).decode()}">' if chart_png else "")
     ended = [r for r in records if r["action"] in OUTCOMES and concerns(r, model)][-recent:]
@@ -305,16 +415,20 @@ def kpi_html(records: list[dict[str, Any]], model: str | None = None, chart_png:
         f"<td>{_shown(loop.get('retrain_s'), 'retrain_s')}</td></tr>"
         for loop in recoveries(records, model))
     generated = datetime.now(UTC).isoformat(timespec="seconds")
+    from_incidents = numbers.get("mttd_source") == "incidents"
+    mttd = INCIDENT_MTTD_MEANING if from_incidents else MTTD_MEANING
+    mttr = INCIDENT_MTTR_MEANING if from_incidents else MTTR_MEANING
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modelyard delivery KPIs {html.escape(scope)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}
+<html lang="en"><head><meta charset="utf-8"><title>modelyard KPIs {html.escape(scope)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:80em}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f4f4f4}}img{{max-width:100%}}</style>
 </head><body>
 <h1>Delivery KPIs {html.escape(scope)}</h1>
 <p>From the audit ledger ({len(records)} records), generated {generated}.
-MTTD: {html.escape(MTTD_MEANING)}; MTTR: {html.escape(MTTR_MEANING)}.</p>
+MTTD: {html.escape(mttd)}; MTTR: {html.escape(mttr)}; lead time: {html.escape(LEAD_TIME_MEANING)}.</p>
 <table><tr><th>KPI</th><th>value</th></tr>{rows}</table>
 {image}
+{snapshot_html(snapshot) if snapshot is not None else ""}
 <h2>Closed loops (alert → retrain → new version serving)</h2>
 <table><tr><th>version put in service</th><th>alert</th><th>MTTD s</th><th>MTTR s</th><th>retrain s</th></tr>{loops}</table>
 <h2>Latest rollouts</h2>
@@ -323,10 +437,11 @@ MTTD: {html.escape(MTTD_MEANING)}; MTTR: {html.escape(MTTR_MEANING)}.</p>
 """
 
 
-def write_kpi_report(records: list[dict[str, Any]], model: str | None, path: Path) -> Path:
+def write_kpi_report(records: list[dict[str, Any]], model: str | None, path: Path,
+                     snapshot: KpiSnapshot | None = None) -> Path:
     """The HTML page at ``path`` (its chart beside it as ``<name>.png`` and embedded in it)."""
     chart = kpi_chart(records, model, path.with_suffix(".png"))
-    path.write_text(kpi_html(records, model, chart.read_bytes()))
+    path.write_text(kpi_html(records, model, chart.read_bytes(), snapshot=snapshot))
     return path
 
 

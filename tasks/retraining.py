@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from deployments.server.prediction_log import inputs_frame, read_prediction_log
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, TAG_SPEC_DIR, Action
+from modelyard.environments import split_environment
 from modelyard.names import check_model_name
 from modelyard.resources import get_resources
 from modelyard.resources.registry import INFRA_RETRIES, alias_version, version_spec
@@ -167,12 +168,20 @@ def retrain_outcome(result: dict[str, Any]) -> str:
     return "promoted" if result["passed"] and result["champion"] == result["version"] else "kept champion"
 
 
+def dev_model(model: str) -> str:
+    """The registered model a retrain of ``model`` (any environment's) trains into: dev's."""
+    return split_environment(check_model_name(model))[0]
+
+
 # --- Prefect task wrappers ----------------------------------------------------------------------
 
 @task(name="champion-spec", **INFRA_RETRIES)
 def champion_spec(model: str) -> tuple[ModelSpec, str]:
-    """The spec the champion was built from (its relative paths where they were), and its version."""
+    """The spec the dev champion was built from (its relative paths where they were), and its
+    version. An alert on an environment's model (``<name>-staging``) retrains the dev model:
+    versions are trained in dev only and reach the other environments by promotion."""
     client = get_resources().registry
+    model = dev_model(model)
     version = alias_version(client, model, CHAMPION)
     if version is None:
         raise ValueError(f"{model} has no champion to retrain")

@@ -12,14 +12,21 @@ from rich.table import Table
 
 from modelyard.catalog import CHAMPION, PIPELINE_DEPLOYMENT, Action
 from modelyard.cli.audit import audit_app
+from modelyard.cli.approvals import register as register_approvals
+from modelyard.cli.incidents import register as register_incidents
+from modelyard.cli.kpis import register as register_kpis
+from modelyard.cli.promote import register as register_promote
+from modelyard.cli.report import register as register_report
 from modelyard.cli.stack import Stack, StackError
-from modelyard.ledger import ledger_from_settings
 from modelyard.settings import get_settings
 
 app = typer.Typer(help="modelyard: build, validate, evaluate, deploy, monitor and retrain models.", no_args_is_help=True)
 stack_app = typer.Typer(help="Start, stop and inspect the embedded stack.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(audit_app, name="audit")
+# Governance commands, each in its own module (imports inside the commands keep `--help` fast).
+for _register in (register_promote, register_approvals, register_report, register_kpis, register_incidents):
+    _register(app)
 
 console = Console()
 errors = Console(stderr=True)
@@ -38,12 +45,11 @@ def _stack() -> Stack:
 
 
 def _valid(check, value: str, field: str) -> str:
-    """``check(value, field)`` (``modelyard.names``), else the reason on stderr and exit 2."""
-    from modelyard.names import InvalidName
-
+    """``check(value, field)`` (``modelyard.names``, an approver identity), else the reason on
+    stderr and exit 2 (InvalidName is a ValueError)."""
     try:
         return check(value, field)
-    except InvalidName as error:
+    except ValueError as error:
         errors.print(str(error), style="red", markup=False, highlight=False)
         raise typer.Exit(2) from error
 
@@ -144,6 +150,9 @@ def train(
     spec: Annotated[Path, typer.Argument(help="The model spec (YAML).", exists=True, dir_okay=False)],
     data: Annotated[Path | None, typer.Option(help="Train on this CSV/Parquet instead of the spec's source.")] = None,
     promote: Annotated[bool, typer.Option(help="Promote to champion if it passes the policy.")] = False,
+    requested_by: Annotated[str | None, typer.Option("--as", help=(
+        "Who asks for this version (recorded as its author: four-eyes keeps them from approving its "
+        "production promotion). Default: the modelyard service identity."))] = None,
 ) -> None:
     """Run the model pipeline (validate → build → evaluate → register) on the stack's worker."""
     from modelyard.cli.runs import flow_run_url, run_deployment_and_wait
@@ -156,6 +165,10 @@ def train(
         raise typer.Exit(2) from error
     settings = get_settings()
     parameters = {"spec_path": str(spec.resolve()), "promote_if_better": promote}
+    if requested_by is not None:
+        from modelyard.approvals import check_identity
+
+        parameters["requested_by"] = _valid(check_identity, requested_by, "--as")
     if data is not None:
         parameters["data_path"] = str(data.resolve())
     console.print(f"running model-pipeline for {spec} …")
@@ -231,33 +244,6 @@ def rollback(
         raise typer.Exit(1) from error
     console.print(f"{model}: v{result['from_version']} → v{result['version']} serving again "
                   f"(switch took {result['rollback_s']} s)")
-
-
-@app.command("kpis")
-def kpis(
-    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    html_path: Annotated[Path | None, typer.Option("--html", help="Also write an HTML report (chart embedded) here.")] = None,
-) -> None:
-    """Delivery KPIs from the audit ledger: deployments, success rate, frequency, rollbacks
-    (automatic and manual), MTTD, MTTR."""
-    from tasks.kpis import delivery_kpis
-    from tasks.reporting import kpi_rows, write_kpi_report
-
-    records = ledger_from_settings(get_settings()).records()
-    numbers = delivery_kpis(records, model)
-    if html_path is not None:
-        html_path.parent.mkdir(parents=True, exist_ok=True)
-        errors.print(f"KPI report: {write_kpi_report(records, model, html_path)}")
-    if as_json:
-        print(json.dumps(numbers, indent=2))
-        return
-    table = Table(title=f"delivery KPIs{' of ' + model if model else ''}")
-    table.add_column("KPI")
-    table.add_column("value")
-    for label, shown in kpi_rows(numbers):
-        table.add_row(label, shown)
-    console.print(table)
 
 
 DEMO_SPEC = "specs/fraud.yaml"
@@ -386,7 +372,68 @@ def demo(
     _demo_summary(settings, model, pipeline_run, traffic, outcome, flow_run_url)
     if outcome.get("mttr_s") is None:
         raise typer.Exit(1)
+    if not _demo_governance(settings, spec, began, step):
+        raise typer.Exit(1)
     step("done")
+
+
+def _demo_governance(settings, spec, began: float, step) -> bool:
+    """The environments after the loop: each version that served in dev was copied into staging
+    by itself (the org policy allowing), and the newest one waits for a production approval in a
+    suspended `promote` flow run. Shown from the ledger, with the link to the approval form."""
+    from modelyard.environments import environment_model
+
+    if "staging" not in spec.environments:
+        return True
+    model, records = spec.name, _resources(settings).ledger.records()
+    newest = max((int(r["subject"].split("/", 1)[1]) for r in records
+                  if r["action"] == Action.MODEL_PROMOTED and r["subject"].startswith(f"{model}/")), default=None)
+    staging = environment_model(model, "staging")
+
+    def staged(record: dict) -> bool:
+        return (record["action"] == Action.DEPLOY_SUCCEEDED and record["subject"].startswith(f"{staging}/")
+                and record["details"].get("source_version", _source_version(settings, record)) == str(newest))
+
+    step(f"waiting for {model} v{newest} to be promoted into staging by itself …")
+    served = _wait_ledger(settings, staged, timeout_s=300, poll_s=2)
+    if served is None:
+        errors.print(f"[red]{model} v{newest} did not reach staging; see `modelyard audit show --subject {staging}`[/red]")
+        return False
+    for record in _resources(settings).ledger.records():
+        if record["action"] in (Action.POLICY_DECIDED, Action.PROMOTION_COPIED, Action.DEPLOY_SUCCEEDED) \
+                and record["subject"].startswith(f"{staging}/") or (
+                    record["action"] == Action.POLICY_DECIDED and record["subject"].startswith(f"{model}/")):
+            console.print(f"  {record['time'][11:19]}  {record['action']:<18} {record['subject']}")
+    step(f"staging serves {served['subject']} at {served['details'].get('endpoint')} (promoted without a person: "
+         "the org policy allowed it)")
+    if "production" not in spec.environments or spec.environment("production").promotion != "approval":
+        return True
+    staged_version = served["subject"].split("/", 1)[1]
+    pending = _wait_ledger(settings, lambda r: r["action"] == Action.APPROVAL_REQUESTED
+                           and r["subject"] == f"{staging}/{staged_version}", timeout_s=180, poll_s=2)
+    if pending is None:
+        errors.print(f"[red]no production approval was requested for {staging} v{staged_version}[/red]")
+        return False
+    details = pending["details"]
+    console.print(f"[bold]production approval pending[/bold] for {staging} v{staged_version} "
+                  f"(needs {details.get('required', 1)} approver(s) other than {details.get('author', 'its author')}, "
+                  f"until {details.get('deadline')}):")
+    console.print(f"  approve in the Prefect UI: {details.get('url')}")
+    console.print(f"  or: modelyard approvers add <you> && modelyard approve {staging} {staged_version} "
+                  "--env production --as <you>")
+    return True
+
+
+def _source_version(settings, record: dict) -> str | None:
+    """The dev version a staging deploy record serves (its copy's source tag), for the demo's wait."""
+    from modelyard.environments import TAG_ORIGIN
+
+    model, version = record["subject"].split("/", 1)
+    try:
+        origin = _resources(settings).registry.get_model_version(model, version).tags.get(TAG_ORIGIN, "")
+    except Exception:  # noqa: BLE001 - not copied (yet): not the one waited for
+        return None
+    return origin.rsplit("/", 1)[-1] if origin else None
 
 
 def _demo_summary(settings, model: str, pipeline_run, traffic, outcome: dict, flow_run_url) -> None:

@@ -298,8 +298,8 @@ class Stack:
         with temporary_settings(self.settings.prefect_client_settings()):
             notifications = ensure_notifications(self.settings)
         if notifications != "unchanged":
-            self._progress(f"alert notifications: {notifications}"
-                           + (f" → {self.settings.notify_url}" if self.settings.notify_url else " (set MODELYARD_NOTIFY_URL)"))
+            self._progress(f"notifications: {notifications}" + ("" if notifications != "disabled" else
+                           " (set MODELYARD_NOTIFY_URL, MODELYARD_NOTIFY_SLACK_URL or MODELYARD_NOTIFY_TEAMS_URL)"))
         self.restores = self.restore_serving()
         self._progress(self.credentials_summary())
         return self.status()

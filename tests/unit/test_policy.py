@@ -321,3 +321,31 @@ def test_a_decision_takes_milliseconds(org):
         durations.append(time.perf_counter() - started)
 
     assert statistics.median(durations) < 0.05  # measured ≈ 2 ms on a loaded 2-core machine; generous
+
+
+# -- four-eyes and the requester -------------------------------------------------------------------
+
+
+def test_the_requester_approving_the_promotion_they_asked_for_is_denied(org):
+    decision = evaluate(compliant(requested_by="bob"), org)
+
+    assert rules(decision) == [("org", "four_eyes")]
+    assert "bob approved the promotion they requested" in decision.denials[0].reason
+
+
+def test_an_approval_by_someone_other_than_author_and_requester_is_allowed(org):
+    approvals = (Approval("Bob", "approve", "", WHEN), Approval("carol", "approve", "ok", WHEN))
+
+    assert evaluate(compliant(requested_by="bob", approvals=approvals), org).allowed
+
+
+def test_an_automatic_promotion_has_no_requester_and_four_eyes_still_holds(org):
+    request = compliant(requested_by=None)
+
+    assert request.as_dict()["requested_by"] is None
+    assert evaluate(request, org).allowed
+
+
+def test_a_blank_requester_is_refused_before_any_policy_runs():
+    with pytest.raises(ValueError, match="requested_by"):
+        compliant(requested_by=" ")

@@ -283,7 +283,7 @@ def _check_code(settings: Settings, found: Enrolment, code: object, flow_run_id:
 
 
 def verify_approval(settings: Settings, form: object, *, flow_run_id: str, environment: str,
-                    allowed: Iterable[str] = (), excluded: Iterable[str] = (),
+                    allowed: Iterable[str] = (), excluded: Iterable[str] = (), team: str | None = None,
                     now: datetime | None = None) -> VerifiedApproval:
     """The decision in ``form`` (an ApprovalForm or a mapping with its fields), if its approver is
     enrolled, its code is current and unused, it is among ``allowed`` (when not empty) and not
@@ -310,6 +310,11 @@ def verify_approval(settings: Settings, form: object, *, flow_run_id: str, envir
     if allowed_ and identity not in allowed_:
         raise ApprovalRefused(f"{identity} may not approve {what}: the spec allows only "
                               f"{', '.join(sorted(allowed_))}", "not_allowed", identity)
+    # Permissions are cut by team: an approver enrolled in a team decides that team's models only
+    # (unless the spec names them); one enrolled without a team is an organisation-wide approver.
+    if not allowed_ and team is not None and found.team is not None and found.team != team:
+        raise ApprovalRefused(f"{identity} approves for team {found.team}; {what} is team {team}'s",
+                              "not_allowed", identity)
     if identity in {_normal(name) for name in excluded if name}:
         raise ApprovalRefused(f"{identity} may not decide {what}: four-eyes requires someone other than the "
                               "author or requester of the change", "four_eyes", identity)

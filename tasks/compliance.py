@@ -137,7 +137,9 @@ def lineage_chain(client: MlflowClient, registered: str, version: str) -> list[d
             continue
         found = [mv for mv in client.search_model_versions(f"name='{name}'")
                  if mv.tags.get(TAG_ORIGIN) == origin or (name == origin_model and str(mv.version) == origin_version)]
-        chain += [version_facts(mv, env) for mv in sorted(found, key=lambda mv: int(mv.version))]
+        # search_model_versions leaves out aliases; get_model_version fills them in.
+        chain += [version_facts(client.get_model_version(name, mv.version), env)
+                  for mv in sorted(found, key=lambda mv: int(mv.version))]
     if not any(c["registered_model"] == registered and c["version"] == version for c in chain):
         chain.append(version_facts(start, split_environment(registered)[1]))  # tags edited by hand: still reported
     return chain

@@ -679,7 +679,8 @@ def judge_approval(plan: PromotionPlan, flow_run_id: str, key: str, form: Any, r
     try:
         verified = verify_approval(resources.settings, form, flow_run_id=flow_run_id, environment=plan.target_env,
                                    allowed=list(plan.environment.approvers),
-                                   excluded={plan.author, *([requested_by] if requested_by else [])})
+                                   excluded={plan.author, *([requested_by] if requested_by else [])},
+                                   team=plan.spec.team)
         if verified.identity in tally.approvers():
             raise ApprovalRefused(f"{verified.identity} already approved this promotion; another approver is needed",
                                   "duplicate", verified.identity)

@@ -48,6 +48,10 @@ def register(app: typer.Typer) -> None:
         if env is not None and env not in ENVIRONMENTS:
             raise _refuse(f"--env: {env!r} is not one of {', '.join(ENVIRONMENTS)}", 2)
 
+        import os
+
+        # MLflow's download progress bars would interleave with the report's own lines.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from tasks.compliance import VersionNotFound, publish_compliance_report
 
         try:

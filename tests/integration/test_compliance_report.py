@@ -94,6 +94,8 @@ def test_report_is_attached_recorded_and_reads_right_in_chromium(stack_env: Stac
     assert recorded[-1]["details"]["json_sha256"] == hashlib.sha256(Path(report["json"]).read_bytes()).hexdigest()
     assert recorded[-1]["details"]["html_url"] == report["html_url"]
     assert document["ledger_verification"]["ok"], document["ledger_verification"]
+    reported = next(c for c in document["lineage"] if c["registered_model"] == MODEL and c["version"] == version)
+    assert "champion" in reported["aliases"]  # the serving version's alias, as MLflow holds it
     # The Prefect artifact links the report in MLflow.
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey

@@ -164,6 +164,18 @@ def test_an_identity_the_spec_does_not_allow_is_refused(settings):
     assert refused.value.kind == "not_allowed" and "alice, bob" in refused.value.reason
 
 
+def test_an_approver_of_another_team_is_refused_and_an_organisation_wide_one_is_not(settings):
+    enrol(settings, "erin", team="payments")
+    enrol(settings, "olga")  # no team: approves for the whole organisation
+    with pytest.raises(ApprovalRefused) as refused:
+        _verify(settings, _form("erin", _code(settings, "erin")), team="risk-ml")
+    assert refused.value.kind == "not_allowed" and "team payments" in refused.value.reason
+    assert _verify(settings, _form("olga", _code(settings, "olga")), team="risk-ml").identity == "olga"
+    later = NOW + timedelta(seconds=60)  # erin's first code was used by the refused attempt
+    assert _verify(settings, _form("erin", _code(settings, "erin", later)), team="payments", now=later,
+                   flow_run_id="run-3").identity == "erin"
+
+
 @pytest.mark.parametrize("author", ["alice", " ALICE ", "Alice"])
 def test_four_eyes_refuses_the_author_or_requester_whatever_the_case(settings, author):
     enrol(settings, "Alice")

@@ -54,7 +54,7 @@ test: lint system-deps
 	bash infra/docker/build-base-image.sh modelyard/base:bookworm
 	export MODELYARD_TEST_POSTGRES_URL="$$(bash infra/scripts/start-postgres.sh | tail -n 1)" && \
 	export MODELYARD_DOCKER_BASE_IMAGE=modelyard/base:bookworm && \
-	$(BIN)/python -m pytest -q -rfEs --durations=30 $(PYTEST_ARGS) $(TESTS)
+	$(BIN)/python -m pytest -q -rfEs --durations=60 $(PYTEST_ARGS) $(TESTS)
 
 test-fast: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests/unit

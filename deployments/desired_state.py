@@ -353,6 +353,12 @@ def restore(settings: Settings, model: str, trigger: str, lock_timeout_s: float 
         if _target_kind(settings, model, active, resources.serving.replicas(model)) == "kubernetes":
             return None
         with resources.serving.lock(model, timeout_s=lock_timeout_s):
+            # Read again under the lock: a rollout or rollback that held it while this waited has
+            # changed the desired state, and restoring what was read before would undo it.
+            active = resources.serving.active_version(model)
+            if active is None:
+                return None
+            outcome = Restore(model, active, desired_split(active, router.weights(model)), trigger)
             _restore_locked(settings, router, outcome)
     except ModelBusy:
         outcome.skipped = "a rollout of the model is in progress"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from modelyard.audit import append_audit_record
 from modelyard.catalog import CHAMPION, TAG_ARTIFACT_SHA256, TAG_DEPLOY_DETAIL, TAG_DEPLOY_STATUS, TAG_SPEC_DIR, Action
@@ -333,7 +331,7 @@ def evidence_markdown(plan: PromotionPlan, evidence: Evidence, required: int, de
         f"{' (signer ' + str(signature.get('signer'))[:16] + ')' if signature.get('signer') else ''}: {signature.get('reason')}",
         f"- **Validation**: {evidence.validation or 'not recorded'}",
         f"- **Drift**: {evidence.drift}",
-        f"- **Open alerts**: " + (", ".join(f"{a['kind']} (since {a['opened_at']})" for a in evidence.open_alerts)
+        "- **Open alerts**: " + (", ".join(f"{a['kind']} (since {a['opened_at']})" for a in evidence.open_alerts)
                                   or "none"),
         f"- **Model card**: {evidence.model_card_url or 'not recorded'}",
         "- **Compliance report**: " + (evidence.compliance.get("error") or

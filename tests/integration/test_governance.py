@@ -51,7 +51,7 @@ NAME = MODEL = "gov-bc"
 STAGING = f"{NAME}-staging"
 PRODUCTION = f"{NAME}-production"
 # Long enough for the promotion tests and one decision per request, short enough to wait out once.
-TIMEOUT_S = 60
+TIMEOUT_S = 45
 APPROVAL_TAG = "modelyard.approval.production"
 
 

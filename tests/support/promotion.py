@@ -67,7 +67,7 @@ def promotion_spec(directory: Path, name: str, *, approvals: int = 1, approval_t
         "production": {"promotion": "approval", "approvals": approvals, "approval_timeout_s": approval_timeout_s,
                        "approvers": approvers or [], "strategy": "blue_green", "policy": "production.rego"},
     }
-    quiet(spec)
+    quiet(spec, keep_environments=True)
     (directory / "production.rego").write_text(production_policy)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))

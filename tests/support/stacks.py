@@ -15,13 +15,18 @@ from modelyard.cli.stack import PROCESS_COMPONENTS, Stack
 from modelyard.settings import Settings
 
 
-def quiet(spec: dict) -> dict:
+def quiet(spec: dict, keep_environments: bool = False) -> dict:
     """A test spec kept out of the monitoring loop's way: its scheduled monitor runs hourly and
     its alerts start no retrain (its window at least that hour: a shorter one is a spec error).
-    Tests of the loop itself (monitoring, closed loop) set their own."""
+    Tests of the loop itself (monitoring, closed loop) set their own. Unless ``keep_environments``
+    (the governance tests), it serves in dev only: a spec copied from specs/fraud.yaml would
+    otherwise promote itself into staging and wait for production, serving processes and flow
+    runs no test looks at."""
     monitoring = spec.get("monitoring", {})
     spec["monitoring"] = {**monitoring, "interval_s": 3600, "window_s": max(monitoring.get("window_s", 3600), 3600)}
     spec["retrain"] = {**spec.get("retrain", {}), "automatic": False}
+    if not keep_environments:
+        spec["environments"] = {"dev": {}}
     return spec
 
 
